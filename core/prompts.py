@@ -1,0 +1,121 @@
+"""The statistics prompt (DESIGN.md step 3), computed for every window of a split at once.
+
+Statistics depend only on the input window, never on trainable weights, so they are computed and
+tokenised once per (split, tokenizer, number format) and cached on disk: later epochs, trials and
+Ray workers load the token ids instead of rebuilding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.data import WindowSet
+
+TEMPLATE = ("min value {}, max value {}, median value {}, the trend of input is {}, "
+            "top 5 lags are : [{}, {}, {}, {}, {}], ")
+TOP_K_LAGS = 5
+NORM_EPS = 1e-5
+
+
+def normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RevIN without affine over the last dim: (x - mean) / sqrt(var + 1e-5), population variance."""
+    mean = x.mean(dim=-1, keepdim=True)
+    std = torch.sqrt(x.var(dim=-1, keepdim=True, unbiased=False) + NORM_EPS)
+    return (x - mean) / std, mean, std
+
+
+@dataclass
+class WindowStats:
+    minimum: torch.Tensor  # [W]
+    maximum: torch.Tensor  # [W]
+    median: torch.Tensor  # [W] torch's lower median, as the reference
+    upward: torch.Tensor  # [W] bool: sum of first differences > 0
+    lags: torch.Tensor  # [W, 5] top-5 autocorrelation lags, lag 0 included
+
+
+def window_statistics(x: torch.Tensor) -> WindowStats:
+    """Statistics of normalised windows x [W, T], vectorised."""
+    spectrum = torch.fft.rfft(x, dim=-1)
+    autocorr = torch.fft.irfft(spectrum * torch.conj(spectrum), dim=-1)  # [W, T]
+    return WindowStats(
+        minimum=x.min(dim=-1).values,
+        maximum=x.max(dim=-1).values,
+        median=x.median(dim=-1).values,
+        upward=x.diff(dim=-1).sum(dim=-1) > 0,
+        lags=torch.topk(autocorr, TOP_K_LAGS, dim=-1).indices,
+    )
+
+
+def format_numbers(values: torch.Tensor, decimals: int | None) -> list[str]:
+    """Fixed decimals, or the reference's full Python repr of the float32 value when None."""
+    if decimals is None:
+        return [str(v) for v in values.tolist()]
+    return np.char.mod(f"%.{decimals}f", values.numpy()).tolist()
+
+
+def prompt_texts(stats: WindowStats, decimals: int | None) -> list[str]:
+    columns = [format_numbers(stats.minimum, decimals), format_numbers(stats.maximum, decimals),
+               format_numbers(stats.median, decimals),
+               np.where(stats.upward.numpy(), "upward", "downward").tolist(),
+               *stats.lags.T.tolist()]
+    return [TEMPLATE.format(*row) for row in zip(*columns)]
+
+
+@dataclass
+class PromptTokens:
+    """Token ids of every window's prompt, right-padded: ids [W, L] int32, lengths [W]."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [B, Lb], lengths [B]), cut to the longest prompt in the batch."""
+        lengths = self.lengths[index]
+        return self.ids[index, : int(lengths.max())].long(), lengths
+
+
+def build_prompt_tokens(windows: WindowSet, tokenizer, decimals: int | None, chunk: int = 8192) -> PromptTokens:
+    """Statistics -> text -> token ids for all windows of a split (one tokenizer call per chunk).
+
+    The tokenizer must pad on the right and have a pad token (core.backbones sets both).
+    """
+    ids, lengths = [], []
+    for begin in range(0, len(windows), chunk):
+        index = torch.arange(begin, min(begin + chunk, len(windows)))
+        x, _, _ = normalise(windows.inputs(index))
+        encoded = tokenizer(prompt_texts(window_statistics(x), decimals), padding=True, return_tensors="np")
+        ids.append(encoded["input_ids"].astype(np.int32))
+        lengths.append(encoded["attention_mask"].sum(axis=1).astype(np.int32))
+    width = max(chunk_ids.shape[1] for chunk_ids in ids)
+    table = np.concatenate([np.pad(chunk_ids, ((0, 0), (0, width - chunk_ids.shape[1])),
+                                   constant_values=tokenizer.pad_token_id) for chunk_ids in ids])
+    return PromptTokens(torch.from_numpy(table), torch.from_numpy(np.concatenate(lengths)))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BALM_TUNE_CACHE", Path.home() / ".cache" / "balm_tune"))
+
+
+def cached_prompt_tokens(windows: WindowSet, data_sha256: str, tokenizer, tokenizer_id: str,
+                         decimals: int | None) -> PromptTokens:
+    """build_prompt_tokens, memoised on disk by everything that defines the windows and the text."""
+    key = json.dumps([data_sha256, windows.name, windows.series.shape, float(windows.series[0, 0]),
+                      windows.channels, windows.seq_len, windows.pred_len, tokenizer_id, tokenizer.pad_token_id, decimals,
+                      TEMPLATE])
+    path = cache_dir() / "prompts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        return PromptTokens(saved["ids"], saved["lengths"])
+    tokens = build_prompt_tokens(windows, tokenizer, decimals)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"ids": tokens.ids, "lengths": tokens.lengths}, tmp)
+    tmp.replace(path)  # atomic: concurrent Ray workers never read a half-written file
+    return tokens
