@@ -26,8 +26,16 @@ import torch
 import transformers
 from safetensors.torch import save_file
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoTokenizer, BertConfig, GPT2Config, GPT2TokenizerFast, LlamaConfig,
-                          PreTrainedTokenizerBase)
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    GPT2Config,
+    GPT2TokenizerFast,
+    LlamaConfig,
+    PreTrainedTokenizerBase,
+)
 
 from core.prompts import cache_dir
 

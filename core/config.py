@@ -173,6 +173,17 @@ class BalmConfig:
         return BalmConfig.from_dict({**self.to_dict(), **overrides}, source=source)
 
 
+def quickstart() -> BalmConfig:
+    """The embedded default: ETTh1, SmolLM2 cut to 1 layer, short look-back, capped epochs.
+
+    Sized for 2 CPU cores (a run takes a few minutes); validation and test use an evenly spaced
+    subset of windows (max_eval_batches), which the CLIs say when they print metrics.
+    """
+    return BalmConfig(data_path="embedded:ETTh1", seq_len=96, pred_len=96, backbone="smollm2-135m", llm_layers=1,
+                      d_model=16, d_ff=32, batch_size=32, learning_rate=0.002, epochs=5, patience=3,
+                      max_train_batches=30, max_eval_batches=16).validate()
+
+
 def parse_set_args(pairs: list[str]) -> dict[str, Any]:
     """`["lr=0.01", "prompt_len=null"]` -> {"lr": 0.01, "prompt_len": None}; values parsed as YAML."""
     out = {}

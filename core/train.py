@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from core.backbones import Backbone, load_backbone
+from core.backbones import Backbone, backbone_source, load_backbone
 from core.config import BalmConfig
 from core.data import SPLITS, ForecastData, WindowSet, load_data
 from core.model import BalmModel
@@ -71,6 +71,28 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config key 'device': got {name!r} but CUDA is not available here")
     return device
+
+
+def naive_metrics(windows: WindowSet, index: torch.Tensor) -> Metrics:
+    """The repeat-last-value forecast: the baseline any trained model must beat."""
+    x, y = windows.inputs(index), windows.targets(index)
+    error = (x[:, -1:] - y).double()
+    return Metrics(mse=error.square().mean().item(), mae=error.abs().mean().item())
+
+
+def eval_index(n: int, batch_size: int, max_batches: int | None) -> torch.Tensor:
+    """All n windows, or max_batches batches of evenly spaced ones (fixed across epochs and trials)."""
+    if max_batches is None or max_batches * batch_size >= n:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, max_batches * batch_size).round().long().unique()
+
+
+def preflight(config: BalmConfig) -> ForecastData:
+    """Every check that needs no model: config, data file, backbone availability. Returns the data."""
+    config.validate()
+    data = load_data(config)
+    backbone_source(config.backbone)
+    return data
 
 
 def build_prompts(config: BalmConfig, data: ForecastData, backbone: Backbone) -> dict[str, PromptTokens]:
@@ -169,12 +191,9 @@ class Trainer:
     def evaluate(self, split: str, max_batches: int | None = None) -> Metrics:
         """MSE and MAE over all windows of a split (or an evenly spaced subset of max_batches batches)."""
         self.model.eval()
-        n, size = len(self.windows[split]), self.config.batch_size
-        index = torch.arange(n)
-        if max_batches is not None and max_batches * size < n:
-            index = torch.linspace(0, n - 1, max_batches * size).round().long().unique()
+        index = eval_index(len(self.windows[split]), self.config.batch_size, max_batches)
         squared = absolute = torch.zeros((), dtype=torch.float64, device=self.device)
-        for chunk in index.split(size):
+        for chunk in index.split(self.config.batch_size):
             x, y, ids, lengths = self.batch(split, chunk)
             with self.autocast():
                 forecast = self.model(x, ids, lengths).forecast
@@ -251,6 +270,21 @@ class Trainer:
         self.shuffle.set_state(state["rng"]["shuffle"].cpu())
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+
+def provenance(trainer: Trainer) -> dict:
+    """What a reader needs to reproduce a run: versions, device, precision, seed, data checksum."""
+    import platform
+
+    import transformers
+
+    device = trainer.device
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        "precision": "bf16 autocast" if trainer.autocast().__class__ is torch.autocast else "fp32",
+        "seed": trainer.config.seed, "data_file": trainer.data.path.name, "data_sha256": trainer.data.sha256,
+    }
 
 
 def load_checkpoint_config(path: str | Path) -> BalmConfig:

@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from core.backbones import BackboneError, backbone_source, load_backbone
+
+
+@pytest.mark.parametrize(("name", "architecture"), [("tiny-gpt2", "GPT2Model"), ("tiny-bert", "BertModel")])
+def test_tiny_backbones_are_real_frozen_models_with_real_tokenizers(name, architecture):
+    backbone = load_backbone(name, llm_layers=1)
+    assert type(backbone.model).__name__ == architecture
+    assert backbone.model.config.num_hidden_layers == 1
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    assert not backbone.model.training
+    assert backbone.tokenizer.pad_token_id is not None and backbone.tokenizer.padding_side == "right"
+    assert len(backbone.tokenizer("min value -0.12, the trend of input is upward")["input_ids"]) > 5
+
+
+def test_random_backbones_are_identical_in_every_process():
+    a, b = load_backbone("tiny-gpt2", 2), load_backbone("tiny-gpt2", 2)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+
+
+def test_minilm_loads_its_shipped_weights_cut_to_the_requested_layers():
+    backbone = load_backbone("minilm-l6", llm_layers=2)
+    assert backbone.hidden_size == 384 and len(backbone.model.encoder.layer) == 2
+
+
+def test_unavailable_backbones_say_how_to_get_them():
+    with pytest.raises(BackboneError, match="not in the Hugging Face cache.*hf download no-such-org/no-model"):
+        backbone_source("no-such-org/no-model")
+    with pytest.raises(BackboneError, match="'llm_layers': got 9, backbone 'tiny-gpt2' has only 2 layers"):
+        load_backbone("tiny-gpt2", llm_layers=9)

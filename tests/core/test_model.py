@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+
+from core.backbones import load_backbone
+from core.config import BalmConfig
+from core.model import BalmModel, balanced_scaling, info_nce
+
+
+def test_balanced_scaling_with_alpha_1_matches_the_text_std_to_the_ts_std():
+    torch.manual_seed(0)
+    text, ts = torch.randn(4, 12, 64) * 30, torch.randn(4, 64, 64) * 0.2
+    scaled = balanced_scaling(text, ts, alpha=1.0)
+    torch.testing.assert_close(scaled.std(dim=1, unbiased=False), ts.std(dim=1, unbiased=False), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(balanced_scaling(text, ts, alpha=2.0), 2 * scaled)
+
+
+def test_info_nce_equals_a_hand_computation():
+    q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=-1)
+    k = torch.nn.functional.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    tau = torch.tensor(0.5)
+    sims = [[sum(a * b for a, b in zip(qi, kj, strict=True)) / 0.5 for kj in k.tolist()] for qi in q.tolist()]
+    in_batch = sum(-sims[i][i] + math.log(sum(math.exp(s) for s in sims[i])) for i in range(3)) / 3
+    assert info_nce(q, k, tau).item() == pytest.approx(in_batch, rel=1e-6)
+    # reference: logits [positive, all keys] -> the own key appears twice
+    reference = sum(-sims[i][i] + math.log(math.exp(sims[i][i]) + sum(math.exp(s) for s in sims[i]))
+                    for i in range(3)) / 3
+    assert info_nce(q, k, tau, reference=True).item() == pytest.approx(reference, rel=1e-6)
+
+
+def test_reference_info_nce_cannot_fall_below_ln2_while_in_batch_can():
+    aligned = torch.eye(4)
+    assert info_nce(aligned, aligned, torch.tensor(0.01)).item() < 1e-6
+    assert info_nce(aligned, aligned, torch.tensor(0.01), reference=True).item() == pytest.approx(math.log(2), rel=1e-4)
+
+
+def test_paper_table3_shape_has_970081_trainable_of_82882657_parameters():
+    # GPT-2 small architecture (random weights, GPT-2's real vocabulary) cut to 6 layers, ETTm1 H=96
+    config = BalmConfig(backbone="gpt2-random", llm_layers=6, seq_len=512, pred_len=96, d_model=32, d_ff=128)
+    model = BalmModel(config, load_backbone("gpt2-random", 6))
+    assert sum(p.numel() for p in model.trainable_parameters()) == 970_081
+    assert sum(p.numel() for p in model.parameters()) == 82_882_657
+
+
+def _model(padding: str) -> BalmModel:
+    config = BalmConfig(backbone="tiny-gpt2", llm_layers=2, seq_len=96, pred_len=24, d_model=16, d_ff=32,
+                        padding=padding, dropout=0.0)
+    torch.manual_seed(0)
+    return BalmModel(config, load_backbone("tiny-gpt2", 2)).eval()
+
+
+def test_left_padding_with_mask_makes_a_forecast_independent_of_its_batch():
+    model = _model("left")
+    x, ids = torch.randn(3, 96), torch.randint(0, 50000, (3, 30))
+    lengths = torch.tensor([18, 30, 25])
+    alone = model(x[:1], ids[:1, :18], lengths[:1]).forecast
+    batched = model(x, ids, lengths).forecast[:1]
+    torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)
+    right = _model("right")  # the reference: right padding, no mask -> the batch leaks in
+    assert not torch.allclose(right(x[:1], ids[:1, :18], lengths[:1]).forecast, right(x, ids, lengths).forecast[:1],
+                              atol=1e-4)
+
+
+def test_the_frozen_llm_gets_no_gradient_but_the_learnable_prompt_does():
+    model = _model("left").train()
+    out = model(torch.randn(4, 96), torch.randint(0, 50000, (4, 20)), torch.tensor([20, 20, 15, 12]), contrastive=True)
+    (out.forecast.square().mean() + out.contrastive).backward()
+    assert model.soft_prompt.grad is not None and model.soft_prompt.grad.abs().sum() > 0
+    assert model.log_temperature.grad is not None
+    assert all(p.grad is None for p in model.llm.parameters())
+    assert not model.llm.training  # frozen LLM: no dropout unless llm_dropout=True
