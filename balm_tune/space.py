@@ -1,0 +1,193 @@
+"""Search spaces: a YAML file with a base config, distributions, budget, ASHA settings and resources.
+
+    description: what this search is for
+    gpu_budget: what it costs on GPUs (free text, shown by --dry-run)
+    base:      {any core config key: value}            # every trial starts from this
+    search:    {key: {type: int|float|log_float|choice, low: .., high: .. | values: [..]}}
+    budget:    {num_samples: 12, max_epochs: 5}
+    scheduler: {grace_period: 1, reduction_factor: 2}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+    seed: 0                                              # the Optuna sampler's seed
+
+Everything is checked before Ray starts; errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import BalmConfig, ConfigError
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+SECTIONS = {
+    "description": None, "gpu_budget": None, "base": None, "search": None, "seed": None,
+    "budget": {"num_samples", "max_epochs"},
+    "scheduler": {"grace_period", "reduction_factor"},
+    "resources": {"cpus_per_trial", "gpus_per_trial"},
+}
+# keys that change the data, the prompts or the backbone shared by every trial: one search each
+NOT_SEARCHABLE = {"data_path", "split", "features", "target", "seq_len", "pred_len", "percent", "backbone",
+                  "prompt_decimals", "device", "precision", "epochs", "num_threads", "extras", "max_eval_batches"}
+KINDS = ("int", "float", "log_float", "choice")
+
+
+class SpaceError(ValueError):
+    """A bad search space; the message names the file and the key."""
+
+
+@dataclass
+class Distribution:
+    kind: str  # int | float | log_float | choice
+    low: float | None = None
+    high: float | None = None
+    values: list | None = None
+
+    def extremes(self) -> list:
+        """The values a trial can take at the edges (checked against the config before Ray starts)."""
+        return list(self.values) if self.kind == "choice" else [self.low, self.high]
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.kind == "int":
+            return tune.randint(int(self.low), int(self.high) + 1)  # Ray's upper bound is exclusive
+        if self.kind == "float":
+            return tune.uniform(self.low, self.high)
+        if self.kind == "log_float":
+            return tune.loguniform(self.low, self.high)
+        return tune.choice(list(self.values))
+
+
+@dataclass
+class SearchSpace:
+    path: Path
+    base: BalmConfig
+    search: dict[str, Distribution]
+    num_samples: int = 12
+    max_epochs: int = 5
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    seed: int = 0
+    description: str = ""
+    gpu_budget: str = ""
+
+    def trial_config(self, params: dict[str, Any]) -> BalmConfig:
+        """The full core config of a trial: base + its sampled params, trained for max_epochs."""
+        return self.base.with_overrides({**params, "epochs": self.max_epochs}, source=f"{self.path} trial")
+
+    def param_space(self) -> dict[str, Any]:
+        return {key: dist.to_tune() for key, dist in self.search.items()}
+
+    def with_overrides(self, **values: Any) -> SearchSpace:
+        """CLI flags over the file's values (None: keep); re-validated."""
+        space = dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+        _check_budget(space)
+        return space
+
+
+def _fail(path: Path, key: str, message: str) -> SpaceError:
+    return SpaceError(f"search space {path}: '{key}': {message}")
+
+
+def _number(path: Path, key: str, value: Any, minimum: float, integer: bool = False) -> float:
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if not ok or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise _fail(path, key, f"got {value!r}, expected {kind} >= {minimum}")
+    return value
+
+
+def _distribution(path: Path, key: str, spec: Any, base: BalmConfig) -> Distribution:
+    where = f"search.{key}"
+    if key not in base.to_dict():
+        raise _fail(path, where, f"the config has no key {key!r}; searchable keys: "
+                                 f"{sorted(set(base.to_dict()) - NOT_SEARCHABLE)}")
+    if key in NOT_SEARCHABLE:
+        raise _fail(path, where, "changes the data, prompts or backbone shared by all trials (or is set by "
+                                 "the budget); set it in 'base' and run one search per value")
+    if not isinstance(spec, dict) or spec.get("type") not in KINDS:
+        raise _fail(path, where, f"expected a mapping with 'type' one of {KINDS}, got {spec!r}")
+    allowed = {"type", "values"} if spec["type"] == "choice" else {"type", "low", "high"}
+    if set(spec) - allowed:
+        raise _fail(path, where, f"unknown key(s) {sorted(set(spec) - allowed)}, expected {sorted(allowed)}")
+    if spec["type"] == "choice":
+        if not isinstance(spec.get("values"), list) or not spec["values"]:
+            raise _fail(path, where, "a choice needs a non-empty list 'values'")
+        dist = Distribution("choice", values=spec["values"])
+    else:
+        if "low" not in spec or "high" not in spec:
+            raise _fail(path, where, f"a {spec['type']} distribution needs 'low' and 'high'")
+        low = _number(path, f"{where}.low", spec["low"], float("-inf"), integer=spec["type"] == "int")
+        high = _number(path, f"{where}.high", spec["high"], float("-inf"), integer=spec["type"] == "int")
+        if low > high:
+            raise _fail(path, where, f"low ({low}) > high ({high})")
+        if spec["type"] == "log_float" and low <= 0:
+            raise _fail(path, where, f"log_float needs low > 0, got low={low}")
+        dist = Distribution(spec["type"], low=low, high=high)
+    for value in dist.extremes():  # every edge of the space must be a valid config
+        try:
+            base.with_overrides({key: value})
+        except ConfigError as err:
+            raise _fail(path, where, f"value {value!r} is invalid for the base config: "
+                                     f"{str(err).split(': ', 1)[-1]}") from None
+    return dist
+
+
+def _check_budget(space: SearchSpace) -> None:
+    p = space.path
+    _number(p, "budget.num_samples", space.num_samples, 1, integer=True)
+    _number(p, "budget.max_epochs", space.max_epochs, 1, integer=True)
+    _number(p, "scheduler.grace_period", space.grace_period, 1, integer=True)
+    if space.grace_period > space.max_epochs:
+        raise _fail(p, "scheduler.grace_period", f"got {space.grace_period}, expected <= max_epochs "
+                                                 f"({space.max_epochs})")
+    if not _number(p, "scheduler.reduction_factor", space.reduction_factor, 1) > 1:
+        raise _fail(p, "scheduler.reduction_factor", f"got {space.reduction_factor}, expected > 1")
+    if not _number(p, "resources.cpus_per_trial", space.cpus_per_trial, 0) > 0:
+        raise _fail(p, "resources.cpus_per_trial", "expected > 0")
+    _number(p, "resources.gpus_per_trial", space.gpus_per_trial, 0)
+    _number(p, "seed", space.seed, 0, integer=True)
+
+
+def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
+    """Read and fully validate a search space file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"search space {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpaceError(f"search space {path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"search space {path}: expected a mapping with sections {sorted(SECTIONS)}")
+    for section, value in raw.items():
+        if section not in SECTIONS:
+            raise _fail(path, section, f"unknown section, expected one of {sorted(SECTIONS)}")
+        keys = SECTIONS[section]
+        if keys is not None:
+            if not isinstance(value, dict):
+                raise _fail(path, section, f"expected a mapping with keys {sorted(keys)}")
+            if set(value) - keys:
+                unknown = sorted(set(value) - keys)
+                raise _fail(path, f"{section}.{unknown[0]}", f"unknown key, expected one of {sorted(keys)}")
+    try:
+        base = BalmConfig.from_dict(raw.get("base") or {}, source="base")
+    except ConfigError as err:
+        raise SpaceError(f"search space {path}: {err}") from None
+    search = raw.get("search") or {}
+    if not isinstance(search, dict) or not search:
+        raise _fail(path, "search", "expected a non-empty mapping of config keys to distributions")
+    space = SearchSpace(
+        path=path, base=base, search={k: _distribution(path, k, v, base) for k, v in search.items()},
+        **raw.get("budget", {}), **raw.get("scheduler", {}), **raw.get("resources", {}),
+        seed=raw.get("seed", 0), description=raw.get("description", ""), gpu_budget=raw.get("gpu_budget", ""),
+    )
+    _check_budget(space)
+    return space
