@@ -51,6 +51,12 @@ class Distribution:
         """The values a trial can take at the edges (checked against the config before Ray starts)."""
         return list(self.values) if self.kind == "choice" else [self.low, self.high]
 
+    def to_spec(self) -> dict:
+        """The YAML form of this distribution."""
+        if self.kind == "choice":
+            return {"type": "choice", "values": list(self.values)}
+        return {"type": self.kind, "low": self.low, "high": self.high}
+
     def to_tune(self):
         from ray import tune
 
@@ -84,6 +90,25 @@ class SearchSpace:
 
     def param_space(self) -> dict[str, Any]:
         return {key: dist.to_tune() for key, dist in self.search.items()}
+
+    def with_base_overrides(self, overrides: dict[str, Any]) -> SearchSpace:
+        """`--set key=value` on the base config; every distribution is re-checked against it."""
+        try:
+            base = self.base.with_overrides(overrides, source="--set")
+        except ConfigError as err:
+            raise SpaceError(str(err)) from None
+        search = {k: _distribution(self.path, k, d.to_spec(), base) for k, d in self.search.items()}
+        return dataclasses.replace(self, base=base, search=search)
+
+    def save(self, path: Path) -> None:
+        """Write the resolved space (overrides applied) so that `--resume` needs no flags."""
+        path.write_text(yaml.safe_dump({
+            "description": self.description, "gpu_budget": self.gpu_budget, "base": self.base.to_dict(),
+            "search": {k: d.to_spec() for k, d in self.search.items()},
+            "budget": {"num_samples": self.num_samples, "max_epochs": self.max_epochs},
+            "scheduler": {"grace_period": self.grace_period, "reduction_factor": self.reduction_factor},
+            "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
+            "seed": self.seed}, sort_keys=False))
 
     def with_overrides(self, **values: Any) -> SearchSpace:
         """CLI flags over the file's values (None: keep); re-validated."""

@@ -48,6 +48,9 @@ REGISTRY = ("gpt2", "gpt2-random", "smollm2-135m", "minilm-l6", "tiny-gpt2", "ti
 BLOCKS = {"GPT2Model": "h", "LlamaModel": "layers", "BertModel": "encoder.layer"}  # where the blocks live
 
 
+LOADS = 0  # backbones loaded by this process (the search reports it to show they are built once)
+
+
 class BackboneError(ValueError):
     """A backbone that cannot be loaded here; the message says how to get it."""
 
@@ -216,6 +219,8 @@ def _cut(config, llm_layers: int, name: str) -> None:
 
 def load_backbone(name: str, llm_layers: int, attn_implementation: str = "sdpa") -> Backbone:
     """Load, cut to `llm_layers` blocks, freeze. The tokenizer pads on the right with a pad token."""
+    global LOADS
+    LOADS += 1
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the dropped layers are reported as "unexpected keys"
     transformers.logging.disable_progress_bar()

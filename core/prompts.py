@@ -22,6 +22,7 @@ TEMPLATE = ("min value {}, max value {}, median value {}, the trend of input is 
             "top 5 lags are : [{}, {}, {}, {}, {}], ")
 TOP_K_LAGS = 5
 NORM_EPS = 1e-5
+BUILDS = 0  # prompt tables tokenised by this process (cache hits do not count)
 
 
 def normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,6 +87,8 @@ def build_prompt_tokens(windows: WindowSet, tokenizer, decimals: int | None, chu
 
     The tokenizer must pad on the right and have a pad token (core.backbones sets both).
     """
+    global BUILDS
+    BUILDS += 1
     ids, lengths = [], []
     for begin in range(0, len(windows), chunk):
         index = torch.arange(begin, min(begin + chunk, len(windows)))

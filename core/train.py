@@ -140,9 +140,14 @@ class Trainer:
             return lr * 0.5 * (1 + math.cos(math.pi * epoch / self.config.epochs))
         return lr
 
-    def autocast(self):
+    @property
+    def precision(self) -> str:
+        """bf16 (autocast) or fp32: `auto` means bf16 on CUDA, fp32 on CPU."""
         bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.type == "cuda")
-        if not bf16:
+        return "bf16" if bf16 else "fp32"
+
+    def autocast(self):
+        if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -232,11 +237,16 @@ class Trainer:
                 self.save(checkpoint_path)
             if on_epoch is not None:
                 on_epoch(report)
-        self.model.load_state_dict(self.best_weights, strict=False)
+        self.use_best_weights()
         return FitResult(self.best["val_mse"], self.best["val_mae"], self.best["epoch"], self.epoch,
                          stopped_early=self.epoch < self.config.epochs, history=list(self.history))
 
     # --- checkpoints ----------------------------------------------------------------
+    def use_best_weights(self) -> None:
+        """Load the weights of the best validation epoch so far into the model."""
+        missing, unexpected = self.model.load_state_dict(self.best_weights, strict=False)
+        assert not unexpected and all(k.startswith("llm.") for k in missing), (missing, unexpected)
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The model's own weights (the frozen LLM is not saved: it is rebuilt from its name)."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items() if not k.startswith("llm.")}
@@ -282,7 +292,7 @@ def provenance(trainer: Trainer) -> dict:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
-        "precision": "bf16 autocast" if trainer.autocast().__class__ is torch.autocast else "fp32",
+        "precision": trainer.precision,
         "seed": trainer.config.seed, "data_file": trainer.data.path.name, "data_sha256": trainer.data.sha256,
     }
 

@@ -1,0 +1,95 @@
+"""The Ray Tune trainable: one trial = core's Trainer on the trial's config, reporting every epoch.
+
+The heavy inputs (data windows, the frozen backbone, every window's prompt token ids) are built
+once in the driver (`build_shared`) and reach each trial through Ray's object store
+(`tune.with_parameters`), so no trial loads a backbone or tokenises a prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from balm_tune.space import SearchSpace
+from core import backbones, prompts
+from core.backbones import Backbone, load_backbone
+from core.data import ForecastData
+from core.prompts import PromptTokens
+from core.train import DivergedError, EpochReport, Trainer, build_prompts
+
+CHECKPOINT_FILE = "trainer.pt"
+
+
+@dataclass
+class SharedInputs:
+    """Built once per search in the driver; every trial reads it from the object store."""
+
+    space: SearchSpace
+    data: ForecastData
+    backbone: Backbone  # loaded with the most llm_layers any trial can ask for
+    prompts: dict[str, PromptTokens]
+    evaluate_test: bool = False  # final-seed retraining only; the search itself never sees test data
+
+    @property
+    def num_threads(self) -> int:
+        return max(1, round(self.space.cpus_per_trial))
+
+    def trial_config(self, params: dict):
+        return self.space.trial_config({**params, "num_threads": self.num_threads})
+
+    def trainer(self, params: dict) -> Trainer:
+        config = self.trial_config(params)
+        return Trainer(config, data=self.data, backbone=self.backbone.cut(config.llm_layers), prompts=self.prompts,
+                       show_progress=False)
+
+
+def build_shared(space: SearchSpace, data: ForecastData) -> SharedInputs:
+    """Load the backbone (deepest llm_layers of the space) and build every split's prompt token ids."""
+    layers = space.search.get("llm_layers")
+    deepest = max(int(v) for v in layers.extremes()) if layers else space.base.llm_layers
+    backbone = load_backbone(space.base.backbone, deepest, space.base.attn_implementation)
+    return SharedInputs(space, data, backbone, build_prompts(space.base, data, backbone))
+
+
+def train_balm(params: dict, shared: SharedInputs) -> None:
+    """Train one trial; resumes from Tune's checkpoint after a crash; reports after every epoch."""
+    trainer = shared.trainer(params)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load(Path(folder) / CHECKPOINT_FILE)
+    context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(trainer.device),
+               "precision": trainer.precision,
+               "backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS}
+
+    def report(epoch: EpochReport) -> None:
+        metrics = {**epoch.to_dict(), "best_val_mae": trainer.best["val_mae"],
+                   "bad_epochs": trainer.best["bad_epochs"], **context}
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save(Path(folder) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    try:
+        trainer.fit(on_epoch=report)
+    except DivergedError as err:  # a finished trial, recorded as failed with its reason; no retry
+        tune.report({"val_mse": math.inf, "best_val_mse": math.inf, "failed": str(err), "epoch": trainer.epoch,
+                     **context})
+        return
+    if shared.evaluate_test:
+        test = trainer.evaluate("test", trainer.config.max_eval_batches)
+        tune.report({"best_val_mse": trainer.best["val_mse"], "test_mse": test.mse, "test_mae": test.mae,
+                     "epoch": trainer.epoch, **context})
+
+
+def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint_file: str) -> dict:
+    """Test MSE/MAE of a trial's best weights (run as a Ray task with the trial's resources)."""
+    trainer = shared.trainer(params)
+    trainer.load(checkpoint_file)
+    trainer.use_best_weights()
+    test = trainer.evaluate("test", trainer.config.max_eval_batches)
+    return {"test_mse": test.mse, "test_mae": test.mae}
