@@ -6,7 +6,8 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 # what every trial reports each epoch (balm_tune.trainable); TensorBoard shows these and nothing else
-CURVES = ("train_loss", "train_mse", "train_contrastive", "val_mse", "val_mae", "best_val_mse", "learning_rate",
+CURVES = ("train_loss", "train_mse", "train_contrastive", "val_mse", "val_mae", "best_val_mse", "best_val_mae", "epoch",
+          "learning_rate",
           "temperature", "epoch_seconds")
 FINAL = ("best_val_mse", "best_val_mae", "epoch")
 

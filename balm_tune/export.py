@@ -38,7 +38,7 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
 
 
 def write_leaderboard(rows: list[dict], path: Path) -> None:
-    fields = [k for k in rows[0] if k not in ("params", "checkpoint", "node_id", "backbone_loads", "prompt_builds")]
+    fields = [k for k in rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
 
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
 from core.backbones import BackboneError  # noqa: E402
@@ -184,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     if experiment.exists() and not args.resume:
         print(f"error: {experiment} exists; continue it with --resume or choose another --name", file=sys.stderr)
         return 2
-    return run(space, data, experiment, args)
+    try:
+        return run(space, data, experiment, args)
+    finally:
+        import ray
+
+        ray.shutdown()
 
 
 def run(space: SearchSpace, data, experiment: Path, args: argparse.Namespace) -> int:

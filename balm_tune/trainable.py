@@ -8,6 +8,7 @@ once in the driver (`build_shared`) and reach each trial through Ray's object st
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,8 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
     context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(trainer.device),
                "precision": trainer.precision,
-               "backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS}
+               "backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS,
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
     def report(epoch: EpochReport) -> None:
         metrics = {**epoch.to_dict(), "best_val_mae": trainer.best["val_mae"],

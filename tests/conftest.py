@@ -22,3 +22,46 @@ def tiny_config(etth1_path) -> BalmConfig:
     return BalmConfig(data_path=str(etth1_path), backbone="tiny-gpt2", llm_layers=2, seq_len=96, pred_len=24,
                       d_model=16, d_ff=32, batch_size=32, epochs=2, max_train_batches=4, max_eval_batches=2,
                       percent=10).validate()
+
+
+TINY_SPACE = {
+    "description": "tiny test search",
+    "base": {"backbone": "tiny-gpt2", "llm_layers": 2, "seq_len": 96, "pred_len": 24, "percent": 10, "d_model": 16,
+             "d_ff": 32, "batch_size": 32, "max_train_batches": 5, "max_eval_batches": 2, "patience": 5},
+    "search": {"prompt_len": {"type": "int", "low": 2, "high": 12},
+               "contrastive_weight": {"type": "float", "low": 0.0, "high": 2.0},
+               "scale_factor": {"type": "log_float", "low": 0.25, "high": 4.0},
+               "learning_rate": {"type": "log_float", "low": 0.0003, "high": 0.01}},
+    "budget": {"num_samples": 6, "max_epochs": 3},
+    "scheduler": {"grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    "seed": 0,
+}
+
+
+@pytest.fixture
+def write_space(tmp_path, etth1_path):
+    """Write a search space file: the tiny space with top-level sections replaced/updated."""
+    import copy
+
+    import yaml
+
+    def write(name: str = "space.yaml", **sections) -> Path:
+        space = copy.deepcopy(TINY_SPACE)
+        space["base"]["data_path"] = str(etth1_path)
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(space.get(key), dict):
+                space[key].update(value)
+            else:
+                space[key] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(space))
+        return path
+
+    return write
+
+
+def search_command(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "balm_tune.search", *args]

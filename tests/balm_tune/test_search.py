@@ -1,0 +1,176 @@
+"""End-to-end searches through the real CLI, real Ray, real Optuna, on a tiny real backbone."""
+
+import copy
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from balm_tune.train import main as train_main
+from core.config import BalmConfig
+from tests.conftest import SHARED_DATA, TINY_SPACE, search_command
+
+
+def _space(folder: Path, **sections) -> Path:
+    space = copy.deepcopy(TINY_SPACE)
+    space["base"]["data_path"] = str(SHARED_DATA / "ETTh1.csv")
+    for key, value in sections.items():
+        space[key] = {**space[key], **value} if isinstance(space.get(key), dict) else value
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _rows(experiment: Path) -> list[dict]:
+    with open(experiment / "leaderboard.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """One 6-trial search (Optuna TPE + ASHA, 3 epochs max) shared by the tests of this module."""
+    folder = tmp_path_factory.mktemp("search")
+    run = subprocess.run(search_command("--space", str(_space(folder)), "--storage", str(folder / "runs"),
+                                        "--name", "e2e"), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return folder / "runs" / "e2e", run.stdout
+
+
+def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(search):
+    experiment, out = search
+    rows = _rows(experiment)
+    assert len(rows) == 6
+    assert {"prompt_len", "contrastive_weight", "scale_factor", "learning_rate", "best_val_mse", "best_val_mae",
+            "epochs_run", "status"} <= set(rows[0])
+    assert any(r["status"] == "stopped by ASHA" for r in rows), rows
+    assert float(rows[0]["best_val_mse"]) == min(float(r["best_val_mse"]) for r in rows)
+    best = BalmConfig.load(experiment / "best_config.yaml")
+    assert best.epochs == 3 and best.prompt_len == int(rows[0]["prompt_len"])
+    for key in ("torch", "transformers", "ray", "optuna", "device", "precision", "seed", "data_sha256"):
+        assert key in best.extras, key
+    assert best.extras["data_sha256"] == "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066"
+    assert (experiment / "best_checkpoint.pt").is_file()
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["test"]["test_mse"] > 0 and summary["winner"]["trial_id"] == rows[0]["trial_id"]
+    # built once in the driver; trials load no backbone and tokenise no prompt
+    assert summary["built_in_driver"]["backbone_loads"] == 1
+    assert summary["built_in_trials"] == {"backbone_loads": 0, "prompt_builds": 0}
+    assert f"python -m balm_tune.train --config {experiment / 'best_config.yaml'}" in out
+    assert out.count("[trial ") >= 6  # one line per finished trial
+
+
+def test_retraining_the_best_config_reproduces_the_winners_validation_mse(search, tmp_path):
+    experiment, _ = search
+    winner = json.loads((experiment / "summary.json").read_text())["winner"]
+    assert train_main(["--config", str(experiment / "best_config.yaml"), "--out", str(tmp_path), "--name", "re",
+                       "--quiet"]) == 0
+    retrained = json.loads((tmp_path / "re" / "results.json").read_text())
+    assert retrained["val_mse"] == pytest.approx(winner["best_val_mse"], abs=1e-6)
+
+
+def test_tensorboard_shows_every_trials_curves_and_hparams(search):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    experiment, _ = search
+    trial_dirs = [d for d in experiment.iterdir() if d.name.startswith("train_balm_")]
+    assert len(trial_dirs) == 6
+    for trial_dir in trial_dirs:
+        events = EventAccumulator(str(trial_dir)).Reload()
+        assert {"ray/tune/val_mse", "ray/tune/train_loss", "ray/tune/learning_rate"} <= set(events.Tags()["scalars"])
+        assert len(events.Scalars("ray/tune/val_mse")) >= 1
+        content = events.PluginTagToContent("hparams")
+        session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        assert set(session.session_start_info.hparams) == {"prompt_len", "contrastive_weight", "scale_factor",
+                                                           "learning_rate"}
+        experiment_info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+        metrics = {m.name.tag for m in experiment_info.experiment.metric_infos}
+        assert {"ray/tune/best_val_mse", "ray/tune/best_val_mae"} <= metrics
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
+    path = _space(tmp_path, search={"learning_rate": {"type": "choice", "values": [1.0e30, 0.001]},
+                                    "prompt_len": {"type": "int", "low": 2, "high": 4}},
+                  budget={"num_samples": 3, "max_epochs": 1})
+    run = subprocess.run(search_command("--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "nan"),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = _rows(tmp_path / "runs" / "nan")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all("training loss became" in r["reason"] for r in failed)
+    assert all(float(r["learning_rate"]) == 1e30 for r in failed)
+    assert BalmConfig.load(tmp_path / "runs" / "nan" / "best_config.yaml").learning_rate == 0.001
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _result_lines(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
+    path = _space(tmp_path, base={"max_train_batches": 30}, budget={"num_samples": 6, "max_epochs": 3})
+    storage = tmp_path / "runs"
+    args = ("--space", str(path), "--storage", str(storage), "--name", "killed")
+    driver = subprocess.Popen(search_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)  # its own process group: the local Ray dies with it
+    lines = []
+    for line in driver.stdout:
+        lines.append(line)
+        if sum("[trial " in x for x in lines) >= 2:
+            break
+    time.sleep(6)  # let Tune write its experiment snapshot (TUNE_GLOBAL_CHECKPOINT_S=5)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    experiment = storage / "killed"
+    assert not (experiment / "leaderboard.csv").exists()
+    finished = {line.split("]")[0].split()[-1] for line in lines if "[trial " in line}
+    before = {d.name: len(_result_lines(d)) for d in experiment.iterdir() if d.name.startswith("train_balm_")}
+
+    resumed = subprocess.run(search_command("--storage", str(storage), "--name", "killed", "--resume"),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = _rows(experiment)
+    assert len(rows) == 6 and all(r["status"] != "failed" for r in rows)
+    for name, count in before.items():
+        trial_id = name.split("_")[2]
+        if trial_id in finished:  # finished before the kill: not trained again
+            assert len(_result_lines(experiment / name)) == count, name
+
+
+def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
+    path = _space(tmp_path, base={"max_train_batches": 60}, budget={"num_samples": 1, "max_epochs": 4})
+    storage = tmp_path / "runs"
+    driver = subprocess.Popen(search_command("--space", str(path), "--storage", str(storage), "--name", "crash"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        experiment = storage / "crash"
+        trial_dir = _wait_for(lambda: next((d for d in experiment.glob("train_balm_*") if _result_lines(d)), None),
+                              240, "the trial's first epoch")
+        first = _result_lines(trial_dir)[0]
+        os.kill(first["pid"], signal.SIGKILL)  # the Ray worker running the trial
+        out, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, out[-3000:]
+    results = _result_lines(trial_dir)
+    assert results[-1]["epoch"] == 4 and results[-1]["pid"] != first["pid"]  # finished in a new worker
+    assert [r["epoch"] for r in results] == sorted({r["epoch"] for r in results})  # no epoch trained twice
+    assert "Failure # 1" in (trial_dir / "error.txt").read_text()
+    assert _rows(experiment)[0]["status"] == "finished"
