@@ -1,0 +1,242 @@
+"""Search overhead: the same fixed configs trained directly with `core` and through Ray Tune as `balm_tune` runs them.
+
+Run from the repository root (2 CPU cores: about 10 minutes; take the lock so other jobs stay off the CPUs):
+
+    flock /tmp/bench.lock python bench/search_overhead.py | tee /work/notes/search_overhead_output.txt
+    python bench/search_overhead.py --quick            # smoke run, about 2 minutes
+    python bench/search_overhead.py --configs 4 --repeats 1 --max-epochs 2
+
+Both sides train the same K configs of the default search space (fixed values of its searched keys), one
+trial at a time with the same number of torch threads (--cpus-per-trial; 2 = the whole machine here):
+
+  direct  load the backbone and build the prompt token ids once (core.backbones.load_backbone,
+          core.train.build_prompts), then core.train.Trainer(config, data, backbone, prompts).fit() for each
+          config in turn, in this process
+  search  balm_tune.trainable.build_shared (the same inputs, once), a private local Ray started as
+          balm_tune.search does (init_ray), then a Tuner over balm_tune.trainable.train_balm with the search's
+          resources, checkpoints, failure policy and callbacks. The fixed configs reach Tune as
+          BasicVariantGenerator(points_to_evaluate=...) with FIFO scheduling, so every config runs all its
+          epochs (no ASHA pruning) and exactly these configs run. Timed: inputs + Ray start + Tuner.fit()
+          + Ray shutdown.
+
+Each repeat runs both sides (the order alternates between repeats so that drift hits both) and the figures
+are medians over repeats. It prints the wall times, their ratio, the overhead per trial in seconds and as a
+share of the mean direct trial time (the project's target: under 10% for trials of 30 s or more), and the
+backbone loads: in this process for each side (core.backbones.LOADS) and inside the trial processes (the
+`backbone_loads` metric each trial reports). It also checks that both sides reached the same best val MSE
+for each config, i.e. that they really trained the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import balm_tune.search as search  # noqa: E402  (sets the search's Tune environment defaults on import)
+from balm_tune.callbacks import TensorBoard, TrialLines  # noqa: E402
+from balm_tune.space import SearchSpace, load_space  # noqa: E402
+from balm_tune.trainable import build_shared, train_balm  # noqa: E402
+from core import backbones  # noqa: E402
+from core.data import ForecastData  # noqa: E402
+from core.train import Trainer, build_prompts, preflight  # noqa: E402
+
+# fixed values of the default space's searched keys (prompt_len, contrastive_weight, scale_factor, learning_rate)
+CONFIGS = [
+    {"prompt_len": 6, "contrastive_weight": 1.0, "scale_factor": 1.0, "learning_rate": 0.002},
+    {"prompt_len": 12, "contrastive_weight": 0.25, "scale_factor": 2.0, "learning_rate": 0.005},
+    {"prompt_len": 2, "contrastive_weight": 1.75, "scale_factor": 0.5, "learning_rate": 0.0005},
+    {"prompt_len": 9, "contrastive_weight": 0.0, "scale_factor": 3.0, "learning_rate": 0.001},
+]
+
+
+@dataclass
+class Side:
+    """One side's timings in one repeat."""
+
+    wall_s: float  # everything, shared inputs included
+    parts: dict[str, float]  # named components of wall_s
+    trial_s: list[float]  # per config: the training itself (direct: fit(); search: the trial's time_total_s)
+    best_val_mse: list[float]  # per config, in CONFIGS order
+    driver_loads: int  # backbones loaded in this process by this side
+    trial_loads: list[int] = field(default_factory=list)  # backbones loaded inside trial processes (search only)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", type=int, default=3, choices=range(1, len(CONFIGS) + 1),
+                   help="how many of the fixed configs to train (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=2, help="repeats of both sides; medians are printed "
+                                                          "(default: %(default)s)")
+    p.add_argument("--max-epochs", type=int, default=3, help="epochs per config (default: %(default)s)")
+    p.add_argument("--max-train-batches", type=int, default=30,
+                   help="training batches per epoch, sets the trial length (default: %(default)s)")
+    p.add_argument("--max-eval-batches", type=int, default=16, help="validation batches (default: %(default)s)")
+    p.add_argument("--cpus-per-trial", type=int, default=2,
+                   help="CPUs of a trial = torch threads on both sides (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 configs, 1 repeat, 1 epoch of 5 batches (too short for the 10%% target)")
+    args = p.parse_args()
+    if args.quick:
+        args.configs, args.repeats, args.max_epochs, args.max_train_batches, args.max_eval_batches = 2, 1, 1, 5, 4
+    return args
+
+
+def make_space(args: argparse.Namespace) -> SearchSpace:
+    """The default space with this benchmark's trial length and resources."""
+    space = load_space().with_base_overrides(
+        {"max_train_batches": args.max_train_batches, "max_eval_batches": args.max_eval_batches})
+    return space.with_overrides(num_samples=args.configs, max_epochs=args.max_epochs,
+                                cpus_per_trial=float(args.cpus_per_trial))
+
+
+# --- the two sides -----------------------------------------------------------------------------------
+def run_direct(space: SearchSpace, data: ForecastData, configs: list[dict], threads: int) -> Side:
+    """Inputs once, then Trainer.fit() for each config in turn: what a loop over core would do."""
+    loads_before = backbones.LOADS
+    started = time.perf_counter()
+    deepest = max(int(c.get("llm_layers", space.base.llm_layers)) for c in configs)
+    backbone = backbones.load_backbone(space.base.backbone, deepest, space.base.attn_implementation)
+    prompts = build_prompts(space.base, data, backbone)
+    inputs_s = time.perf_counter() - started
+    trial_s, best = [], []
+    for params in configs:
+        config = space.base.with_overrides({**params, "epochs": space.max_epochs, "num_threads": threads})
+        fit_started = time.perf_counter()
+        trainer = Trainer(config, data=data, backbone=backbone.cut(config.llm_layers), prompts=prompts,
+                          show_progress=False)
+        result = trainer.fit()
+        trial_s.append(time.perf_counter() - fit_started)
+        best.append(result.best_val_mse)
+    wall = time.perf_counter() - started
+    return Side(wall, {"inputs": inputs_s, "trials": sum(trial_s)}, trial_s, best, backbones.LOADS - loads_before)
+
+
+def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], storage: Path, name: str) -> Side:
+    """build_shared, Ray start, a Tuner over the fixed configs (FIFO, one at a time), Ray shutdown."""
+    import ray
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    loads_before = backbones.LOADS
+    started = time.perf_counter()
+    shared = build_shared(space, data)
+    inputs_s = time.perf_counter() - started
+    search.init_ray(None, space)  # ray.init(address="local", ...): a private Ray, as balm_tune.search starts it
+    ray_start_s = time.perf_counter() - started - inputs_s
+    trainable = tune.with_resources(tune.with_parameters(train_balm, shared=shared),
+                                    {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=[dict(c) for c in configs], max_concurrent=1),
+            metric="best_val_mse", mode="min", num_samples=len(configs), reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)]),
+    )
+    fit_started = time.perf_counter()
+    results = tuner.fit()
+    fit_s = time.perf_counter() - fit_started
+    ray.shutdown()
+    wall = time.perf_counter() - started
+    shutdown_s = wall - inputs_s - ray_start_s - fit_s
+
+    by_config = {}
+    for result in results:
+        if result.error is not None:
+            raise RuntimeError(f"trial {result.path} failed: {result.error}")
+        key = tuple(result.config[k] for k in configs[0])
+        by_config[key] = result.metrics
+    ran = [by_config.get(tuple(c.values())) for c in configs]
+    if any(m is None for m in ran) or len(by_config) != len(configs):
+        raise RuntimeError(f"Tune ran other configs than the fixed ones: {sorted(by_config)}")
+    parts = {"inputs": inputs_s, "ray start": ray_start_s, "Tuner.fit": fit_s, "ray shutdown": shutdown_s}
+    return Side(wall, parts, [m["time_total_s"] for m in ran], [m["best_val_mse"] for m in ran],
+                backbones.LOADS - loads_before, [int(m["backbone_loads"]) for m in ran])
+
+
+# --- report ----------------------------------------------------------------------------------------------
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def print_report(direct: list[Side], tuned: list[Side], space: SearchSpace, configs: list[dict]) -> None:
+    k = len(configs)
+    direct_wall, search_wall = median([s.wall_s for s in direct]), median([s.wall_s for s in tuned])
+    direct_trial = median([statistics.fmean(s.trial_s) for s in direct])
+    search_trial = median([statistics.fmean(s.trial_s) for s in tuned])
+    overhead = (search_wall - direct_wall) / k
+    print(f"\n=== search overhead: {k} configs x {space.max_epochs} epochs, one trial at a time, "
+          f"{space.cpus_per_trial:g} CPUs/threads per trial, medians over {len(direct)} repeat(s) ===")
+    for side, runs in (("direct", direct), ("search", tuned)):
+        parts = ", ".join(f"{name} {median([r.parts[name] for r in runs]):.1f}s" for name in runs[0].parts)
+        walls = ", ".join(f"{r.wall_s:.1f}" for r in runs)
+        print(f"{side:7s} wall {median([r.wall_s for r in runs]):7.1f}s  ({parts}; every repeat: {walls})")
+    print(f"ratio search / direct wall:       {search_wall / direct_wall:.3f}")
+    print(f"mean trial time (direct fit()):   {direct_trial:.1f}s   (inside Ray, trial's time_total_s: "
+          f"{search_trial:.1f}s)")
+    share = overhead / direct_trial
+    verdict = "met" if share < 0.10 else "NOT met"
+    length = "" if direct_trial >= 30 else " (trials are shorter than 30 s: the target does not apply)"
+    print(f"search overhead per trial:        {overhead:.1f}s = {100 * share:.1f}% of the mean trial time; "
+          f"target < 10%: {verdict}{length}")
+    fixed = median([t.parts["inputs"] + t.parts["ray start"] + t.parts["ray shutdown"] for t in tuned])
+    per_trial = median([(t.parts["Tuner.fit"] - d.parts["trials"]) / k for d, t in zip(direct, tuned, strict=True)])
+    print(f"  of which once per search:       {fixed:.1f}s (inputs, Ray start and shutdown; direct inputs: "
+          f"{median([d.parts['inputs'] for d in direct]):.1f}s)")
+    print(f"  and per trial inside fit():     {per_trial:.1f}s (Tuner.fit() / K - direct fit() / K: worker start, "
+          f"inputs from the object store, checkpoints, reporting)")
+    print(f"backbone loads per repeat:        direct {direct[-1].driver_loads} (this process); search "
+          f"{tuned[-1].driver_loads} in the driver + {sum(tuned[-1].trial_loads)} in {k} trial processes "
+          f"(per trial: {tuned[-1].trial_loads})")
+    gaps = [abs(a - b) for d, t in zip(direct, tuned, strict=True)
+            for a, b in zip(d.best_val_mse, t.best_val_mse, strict=True)]
+    print("best val mse per config (direct | search, last repeat): " + "; ".join(
+        f"{a:.6f} | {b:.6f}" for a, b in zip(direct[-1].best_val_mse, tuned[-1].best_val_mse, strict=True)))
+    print(f"same training on both sides: max |difference| of best val mse = {max(gaps):.2e}")
+
+
+def main() -> int:
+    args = parse_args()
+    space = make_space(args)
+    configs = CONFIGS[: args.configs]
+    for params in configs:  # every fixed value must be inside the space it is said to come from
+        for key, value in params.items():
+            dist = space.search[key]
+            inside = value in dist.values if dist.kind == "choice" else dist.low <= value <= dist.high
+            assert inside, f"{key}={value} is outside the default space's {dist}"
+    data = preflight(space.base)
+    print(f"default space {space.path.name}: {args.configs} configs x {args.max_epochs} epochs of "
+          f"{args.max_train_batches} batches (+ {args.max_eval_batches} validation batches), "
+          f"{args.cpus_per_trial} threads, {args.repeats} repeat(s)", flush=True)
+    # warm-up outside both sides: the OS file cache of the weights and the disk cache of the prompt token ids
+    build_prompts(space.base, data, backbones.load_backbone(space.base.backbone, space.base.llm_layers))
+    direct, tuned = [], []
+    with tempfile.TemporaryDirectory(prefix="search_overhead-") as storage:
+        for repeat in range(args.repeats):
+            order = ("direct", "search") if repeat % 2 == 0 else ("search", "direct")
+            for side in order:
+                print(f"repeat {repeat + 1}/{args.repeats}: {side} ...", flush=True)
+                if side == "direct":
+                    direct.append(run_direct(space, data, configs, args.cpus_per_trial))
+                    print(f"  direct {direct[-1].wall_s:.1f}s", flush=True)
+                else:
+                    tuned.append(run_search(space, data, configs, Path(storage), f"repeat{repeat}"))
+                    print(f"  search {tuned[-1].wall_s:.1f}s", flush=True)
+    print_report(direct, tuned, space, configs)
+    return 0 if all(math.isfinite(v) for s in direct + tuned for v in s.best_val_mse) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
