@@ -6,9 +6,19 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 # what every trial reports each epoch (balm_tune.trainable); TensorBoard shows these and nothing else
-CURVES = ("train_loss", "train_mse", "train_contrastive", "val_mse", "val_mae", "best_val_mse", "best_val_mae", "epoch",
-          "learning_rate",
-          "temperature", "epoch_seconds")
+CURVES = (
+    "train_loss",
+    "train_mse",
+    "train_contrastive",
+    "val_mse",
+    "val_mae",
+    "best_val_mse",
+    "best_val_mae",
+    "epoch",
+    "learning_rate",
+    "temperature",
+    "epoch_seconds",
+)
 FINAL = ("best_val_mse", "best_val_mae", "epoch")
 
 
@@ -49,8 +59,11 @@ class TrialLines(tune.Callback):
         result = trial.last_result or {}
         status, reason = trial_outcome(result, self.max_epochs, self.patience)
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.evaluated_params.items())
-        print(f"[trial {trial.trial_id}] {status} ({reason}): best val mse {result.get('best_val_mse', float('nan')):.4f}"
-              f"  {params}", flush=True)
+        print(
+            f"[trial {trial.trial_id}] {status} ({reason}): best val mse {result.get('best_val_mse', float('nan')):.4f}"
+            f"  {params}",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         print(f"[trial {trial.trial_id}] failed after retries; see {trial.path}/error.txt", flush=True)

@@ -20,20 +20,28 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        status, reason = trial_outcome(metrics, space.max_epochs, space.base.patience,
-                                       str(result.error) if result.error else None)
+        status, reason = trial_outcome(
+            metrics, space.max_epochs, space.base.patience, str(result.error) if result.error else None
+        )
         best = metrics.get("best_val_mse", math.inf)
-        rows.append({
-            "trial_id": metrics.get("trial_id", Path(result.path).name), "status": status, "reason": reason,
-            **{k: result.config.get(k) for k in space.search},
-            "best_val_mse": best if status != "failed" else math.inf,
-            "best_val_mae": metrics.get("best_val_mae", math.inf) if status != "failed" else math.inf,
-            "epochs_run": metrics.get("epoch", 0), "node_id": metrics.get("node_id", ""),
-            "device": metrics.get("device", ""), "backbone_loads": metrics.get("backbone_loads", 0),
-            "prompt_builds": metrics.get("prompt_builds", 0), "precision": metrics.get("precision", ""),
-            "checkpoint": str(Path(result.checkpoint.path) / CHECKPOINT_FILE) if result.checkpoint else "",
-            "params": {k: _plain(result.config[k]) for k in space.search if k in result.config},
-        })
+        rows.append(
+            {
+                "trial_id": metrics.get("trial_id", Path(result.path).name),
+                "status": status,
+                "reason": reason,
+                **{k: result.config.get(k) for k in space.search},
+                "best_val_mse": best if status != "failed" else math.inf,
+                "best_val_mae": metrics.get("best_val_mae", math.inf) if status != "failed" else math.inf,
+                "epochs_run": metrics.get("epoch", 0),
+                "node_id": metrics.get("node_id", ""),
+                "device": metrics.get("device", ""),
+                "backbone_loads": metrics.get("backbone_loads", 0),
+                "prompt_builds": metrics.get("prompt_builds", 0),
+                "precision": metrics.get("precision", ""),
+                "checkpoint": str(Path(result.checkpoint.path) / CHECKPOINT_FILE) if result.checkpoint else "",
+                "params": {k: _plain(result.config[k]) for k in space.search if k in result.config},
+            }
+        )
     return sorted(rows, key=lambda r: (r["status"] == "failed", r["best_val_mse"]))
 
 
@@ -47,9 +55,15 @@ def write_leaderboard(rows: list[dict], path: Path) -> None:
 
 def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
     """Write best_config.yaml (a full core config with provenance) and copy the winner's checkpoint."""
-    config.extras = {"search": {"trial_id": winner["trial_id"], "best_val_mse": winner["best_val_mse"],
-                                "best_val_mae": winner["best_val_mae"], "epochs_run": winner["epochs_run"]},
-                     **provenance}
+    config.extras = {
+        "search": {
+            "trial_id": winner["trial_id"],
+            "best_val_mse": winner["best_val_mse"],
+            "best_val_mae": winner["best_val_mae"],
+            "epochs_run": winner["epochs_run"],
+        },
+        **provenance,
+    }
     config_path, checkpoint_path = folder / "best_config.yaml", folder / "best_checkpoint.pt"
     config.save(config_path)
     shutil.copyfile(winner["checkpoint"], checkpoint_path)

@@ -34,25 +34,42 @@ SPACE_COPY = "search_space.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m balm_tune.search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m balm_tune.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space YAML (default: %(default)s)")
     p.add_argument("--address", help="Ray cluster to join: 'auto', or HOST:PORT of a head; omit for a local Ray")
     p.add_argument("--num-samples", type=int, help="number of trials (overrides budget.num_samples)")
     p.add_argument("--max-epochs", type=int, help="epochs of an unpruned trial (overrides budget.max_epochs)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides resources.cpus_per_trial)")
-    p.add_argument("--gpus-per-trial", type=float,
-                   help="GPUs per trial, fractions allowed: 0.25 packs 4 trials on a GPU (resources.gpus_per_trial)")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial, fractions allowed: 0.25 packs 4 trials on a GPU (resources.gpus_per_trial)",
+    )
     p.add_argument("--storage", default="runs", help="folder for experiments (default: runs/)")
     p.add_argument("--name", help="experiment name (default: <space>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
     p.add_argument("--seed", type=int, help="seed of the Optuna sampler (overrides the space's seed)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the base config, e.g. --set max_train_batches=10 (repeatable)")
-    p.add_argument("--final-seeds", type=int, default=0, metavar="N",
-                   help="retrain the winner on N further seeds and report test MSE/MAE as mean +- std")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate space, data and backbone availability, print the plan, start nothing")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the base config, e.g. --set max_train_batches=10 (repeatable)",
+    )
+    p.add_argument(
+        "--final-seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retrain the winner on N further seeds and report test MSE/MAE as mean +- std",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate space, data and backbone availability, print the plan, start nothing",
+    )
     return p.parse_args(argv)
 
 
@@ -64,21 +81,32 @@ def resolve_space(args: argparse.Namespace, experiment: Path) -> SearchSpace:
     space = load_space(path)
     if args.set:
         space = space.with_base_overrides(parse_set_args(args.set))
-    return space.with_overrides(num_samples=args.num_samples, max_epochs=args.max_epochs, seed=args.seed,
-                                cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    return space.with_overrides(
+        num_samples=args.num_samples,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
 
 
 def print_plan(space: SearchSpace, experiment: Path, data) -> None:
     print(f"search space {space.path}: {space.description.strip()}")
-    print(f"  data {data.path.name} ({data.split_kind}; {len(data.train):,} train / {len(data.val):,} val windows), "
-          f"backbone {space.base.backbone} x {space.base.llm_layers} layers, T={space.base.seq_len} "
-          f"H={space.base.pred_len}")
+    print(
+        f"  data {data.path.name} ({data.split_kind}; {len(data.train):,} train / {len(data.val):,} val windows), "
+        f"backbone {space.base.backbone} x {space.base.llm_layers} layers, T={space.base.seq_len} "
+        f"H={space.base.pred_len}"
+    )
     for key, dist in space.search.items():
         shown = dist.values if dist.kind == "choice" else f"[{dist.low}, {dist.high}]"
         print(f"  search {key}: {dist.kind} {shown}")
-    print(f"  {space.num_samples} trials x up to {space.max_epochs} epochs; Optuna TPE (seed {space.seed}); "
-          f"ASHA grace {space.grace_period}, reduction {space.reduction_factor}")
-    print(f"  per trial: {space.cpus_per_trial} CPU, {space.gpus_per_trial} GPU; GPU budget: {space.gpu_budget.strip()}")
+    print(
+        f"  {space.num_samples} trials x up to {space.max_epochs} epochs; Optuna TPE (seed {space.seed}); "
+        f"ASHA grace {space.grace_period}, reduction {space.reduction_factor}"
+    )
+    print(
+        f"  per trial: {space.cpus_per_trial} CPU, {space.gpus_per_trial} GPU; GPU budget: {space.gpu_budget.strip()}"
+    )
     print(f"  outputs: {experiment}")
 
 
@@ -95,8 +123,9 @@ def init_ray(address: str | None, space: SearchSpace) -> int:
     fits = resources.get("CPU", 0) / space.cpus_per_trial
     if space.gpus_per_trial:
         if resources.get("GPU", 0) < space.gpus_per_trial:
-            raise SystemExit(f"error: --gpus-per-trial {space.gpus_per_trial} but the Ray cluster has "
-                             f"{resources.get('GPU', 0)} GPUs")
+            raise SystemExit(
+                f"error: --gpus-per-trial {space.gpus_per_trial} but the Ray cluster has {resources.get('GPU', 0)} GPUs"
+            )
         fits = min(fits, resources["GPU"] / space.gpus_per_trial)
     if fits < 1:
         raise SystemExit(f"error: one trial needs {space.cpus_per_trial} CPUs; the cluster has {resources.get('CPU')}")
@@ -112,8 +141,9 @@ def make_tuner(space: SearchSpace, shared, experiment: Path, concurrent: int, re
     from balm_tune.callbacks import TensorBoard, TrialLines
     from balm_tune.trainable import train_balm
 
-    trainable = tune.with_resources(tune.with_parameters(train_balm, shared=shared),
-                                    {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
+    )
     if resume:
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,13 +152,21 @@ def make_tuner(space: SearchSpace, shared, experiment: Path, concurrent: int, re
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=space.seed)),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=space.max_epochs,
-                                    grace_period=space.grace_period, reduction_factor=space.reduction_factor),
-            metric="best_val_mse", mode="min", num_samples=space.num_samples,
-            max_concurrent_trials=min(concurrent, space.num_samples), reuse_actors=False,
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=space.max_epochs,
+                grace_period=space.grace_period,
+                reduction_factor=space.reduction_factor,
+            ),
+            metric="best_val_mse",
+            mode="min",
+            num_samples=space.num_samples,
+            max_concurrent_trials=min(concurrent, space.num_samples),
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
-            name=experiment.name, storage_path=str(experiment.parent),
+            name=experiment.name,
+            storage_path=str(experiment.parent),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)],
@@ -146,14 +184,20 @@ def run_final_seeds(space: SearchSpace, shared, experiment: Path, params: dict, 
 
     seeds = [space.base.seed + i for i in range(1, n + 1)]
     shared = dataclasses.replace(shared, evaluate_test=True)
-    trainable = tune.with_resources(tune.with_parameters(train_balm, shared=shared),
-                                    {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
-    grid = tune.Tuner(trainable, param_space={**params, "seed": tune.grid_search(seeds)},
-                      tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
-                      run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0))
+    trainable = tune.with_resources(
+        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
+    )
+    grid = tune.Tuner(
+        trainable,
+        param_space={**params, "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
+        run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0),
+    )
     results = grid.fit()
-    return [{"seed": r.config["seed"], "test_mse": r.metrics.get("test_mse"), "test_mae": r.metrics.get("test_mae")}
-            for r in results]
+    return [
+        {"seed": r.config["seed"], "test_mse": r.metrics.get("test_mse"), "test_mae": r.metrics.get("test_mae")}
+        for r in results
+    ]
 
 
 def versions() -> dict:
@@ -162,8 +206,13 @@ def versions() -> dict:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "transformers": transformers.__version__, "ray": ray.__version__, "optuna": optuna.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "ray": ray.__version__,
+        "optuna": optuna.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,35 +256,59 @@ def run(space: SearchSpace, data, experiment: Path, args: argparse.Namespace) ->
     experiment.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         space.save(experiment / SPACE_COPY)
-    print(f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
-          f"up to {concurrent} trials at once", flush=True)
+    print(
+        f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
+        f"up to {concurrent} trials at once",
+        flush=True,
+    )
     results = make_tuner(space, shared, experiment, concurrent, args.resume).fit()
 
     rows = leaderboard(results, space)
     write_leaderboard(rows, experiment / "leaderboard.csv")
     winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
-    summary = {"experiment": str(experiment), "trials": len(rows),
-               "outcomes": {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped by ASHA", "failed")},
-               "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
-               "built_in_trials": {"backbone_loads": sum(r["backbone_loads"] for r in rows),
-                                   "prompt_builds": sum(r["prompt_builds"] for r in rows)}}
+    summary = {
+        "experiment": str(experiment),
+        "trials": len(rows),
+        "outcomes": {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped by ASHA", "failed")},
+        "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
+        "built_in_trials": {
+            "backbone_loads": sum(r["backbone_loads"] for r in rows),
+            "prompt_builds": sum(r["prompt_builds"] for r in rows),
+        },
+    }
     if not winners:
         write_summary(summary, experiment / "summary.json")
         print(f"no trial finished successfully; see {experiment / 'leaderboard.csv'}", file=sys.stderr)
         return 1
     best = winners[0]
     config = shared.trial_config(best["params"])
-    provenance = {**versions(), "device": best["device"], "precision": best["precision"], "seed": config.seed,
-                  "data_file": data.path.name, "data_sha256": data.sha256}
+    provenance = {
+        **versions(),
+        "device": best["device"],
+        "precision": best["precision"],
+        "seed": config.seed,
+        "data_file": data.path.name,
+        "data_sha256": data.sha256,
+    }
     config_path, checkpoint_path = export_winner(best, config, provenance, experiment)
     evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
     test = ray.get(evaluate.remote(shared, best["params"], str(checkpoint_path)))
-    summary.update(winner={k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
-                   params=best["params"], test=test, provenance=provenance)
+    summary.update(
+        winner={k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
+        params=best["params"],
+        test=test,
+        provenance=provenance,
+    )
     if args.final_seeds:
         runs = run_final_seeds(space, shared, experiment, best["params"], args.final_seeds, concurrent)
-        summary["final_seeds"] = {"runs": runs, **{f"{m}_{s}": f(r[m] for r in runs) for m in ("test_mse", "test_mae")
-                                                  for s, f in (("mean", _mean), ("std", _std))}}
+        summary["final_seeds"] = {
+            "runs": runs,
+            **{
+                f"{m}_{s}": f(r[m] for r in runs)
+                for m in ("test_mse", "test_mae")
+                for s, f in (("mean", _mean), ("std", _std))
+            },
+        }
     summary["wall_seconds"] = time.perf_counter() - started
     write_summary(summary, experiment / "summary.json")
     print_summary(summary, experiment, config_path, checkpoint_path, rows)
@@ -255,14 +328,18 @@ def print_summary(summary: dict, experiment: Path, config_path: Path, checkpoint
     outcomes = ", ".join(f"{n} {s}" for s, n in summary["outcomes"].items())
     winner, test = summary["winner"], summary["test"]
     print(f"\n{summary['trials']} trials ({outcomes}) in {summary['wall_seconds']:.0f}s")
-    print(f"best trial {winner['trial_id']}: val mse {winner['best_val_mse']:.6f} mae {winner['best_val_mae']:.6f} "
-          f"after {winner['epochs_run']} epochs; " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                              for k, v in summary["params"].items()))
+    print(
+        f"best trial {winner['trial_id']}: val mse {winner['best_val_mse']:.6f} mae {winner['best_val_mae']:.6f} "
+        f"after {winner['epochs_run']} epochs; "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["params"].items())
+    )
     print(f"winner's test mse {test['test_mse']:.6f} mae {test['test_mae']:.6f} (test data used for the winner only)")
     if "final_seeds" in summary:
         f = summary["final_seeds"]
-        print(f"winner on {len(f['runs'])} further seeds: test mse {f['test_mse_mean']:.6f} +- {f['test_mse_std']:.6f}, "
-              f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f}")
+        print(
+            f"winner on {len(f['runs'])} further seeds: test mse {f['test_mse_mean']:.6f} +- {f['test_mse_std']:.6f}, "
+            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f}"
+        )
     print(f"leaderboard:   {experiment / 'leaderboard.csv'}")
     print(f"best config:   {config_path}")
     print(f"checkpoint:    {checkpoint_path}")

@@ -25,14 +25,33 @@ from core.config import BalmConfig, ConfigError
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 SECTIONS = {
-    "description": None, "gpu_budget": None, "base": None, "search": None, "seed": None,
+    "description": None,
+    "gpu_budget": None,
+    "base": None,
+    "search": None,
+    "seed": None,
     "budget": {"num_samples", "max_epochs"},
     "scheduler": {"grace_period", "reduction_factor"},
     "resources": {"cpus_per_trial", "gpus_per_trial"},
 }
 # keys that change the data, the prompts or the backbone shared by every trial: one search each
-NOT_SEARCHABLE = {"data_path", "split", "features", "target", "seq_len", "pred_len", "percent", "backbone",
-                  "prompt_decimals", "device", "precision", "epochs", "num_threads", "extras", "max_eval_batches"}
+NOT_SEARCHABLE = {
+    "data_path",
+    "split",
+    "features",
+    "target",
+    "seq_len",
+    "pred_len",
+    "percent",
+    "backbone",
+    "prompt_decimals",
+    "device",
+    "precision",
+    "epochs",
+    "num_threads",
+    "extras",
+    "max_eval_batches",
+}
 KINDS = ("int", "float", "log_float", "choice")
 
 
@@ -102,13 +121,21 @@ class SearchSpace:
 
     def save(self, path: Path) -> None:
         """Write the resolved space (overrides applied) so that `--resume` needs no flags."""
-        path.write_text(yaml.safe_dump({
-            "description": self.description, "gpu_budget": self.gpu_budget, "base": self.base.to_dict(),
-            "search": {k: d.to_spec() for k, d in self.search.items()},
-            "budget": {"num_samples": self.num_samples, "max_epochs": self.max_epochs},
-            "scheduler": {"grace_period": self.grace_period, "reduction_factor": self.reduction_factor},
-            "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
-            "seed": self.seed}, sort_keys=False))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "description": self.description,
+                    "gpu_budget": self.gpu_budget,
+                    "base": self.base.to_dict(),
+                    "search": {k: d.to_spec() for k, d in self.search.items()},
+                    "budget": {"num_samples": self.num_samples, "max_epochs": self.max_epochs},
+                    "scheduler": {"grace_period": self.grace_period, "reduction_factor": self.reduction_factor},
+                    "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
+                    "seed": self.seed,
+                },
+                sort_keys=False,
+            )
+        )
 
     def with_overrides(self, **values: Any) -> SearchSpace:
         """CLI flags over the file's values (None: keep); re-validated."""
@@ -132,11 +159,18 @@ def _number(path: Path, key: str, value: Any, minimum: float, integer: bool = Fa
 def _distribution(path: Path, key: str, spec: Any, base: BalmConfig) -> Distribution:
     where = f"search.{key}"
     if key not in base.to_dict():
-        raise _fail(path, where, f"the config has no key {key!r}; searchable keys: "
-                                 f"{sorted(set(base.to_dict()) - NOT_SEARCHABLE)}")
+        raise _fail(
+            path,
+            where,
+            f"the config has no key {key!r}; searchable keys: {sorted(set(base.to_dict()) - NOT_SEARCHABLE)}",
+        )
     if key in NOT_SEARCHABLE:
-        raise _fail(path, where, "changes the data, prompts or backbone shared by all trials (or is set by "
-                                 "the budget); set it in 'base' and run one search per value")
+        raise _fail(
+            path,
+            where,
+            "changes the data, prompts or backbone shared by all trials (or is set by "
+            "the budget); set it in 'base' and run one search per value",
+        )
     if not isinstance(spec, dict) or spec.get("type") not in KINDS:
         raise _fail(path, where, f"expected a mapping with 'type' one of {KINDS}, got {spec!r}")
     allowed = {"type", "values"} if spec["type"] == "choice" else {"type", "low", "high"}
@@ -160,8 +194,9 @@ def _distribution(path: Path, key: str, spec: Any, base: BalmConfig) -> Distribu
         try:
             base.with_overrides({key: value})
         except ConfigError as err:
-            raise _fail(path, where, f"value {value!r} is invalid for the base config: "
-                                     f"{str(err).split(': ', 1)[-1]}") from None
+            raise _fail(
+                path, where, f"value {value!r} is invalid for the base config: {str(err).split(': ', 1)[-1]}"
+            ) from None
     return dist
 
 
@@ -171,8 +206,9 @@ def _check_budget(space: SearchSpace) -> None:
     _number(p, "budget.max_epochs", space.max_epochs, 1, integer=True)
     _number(p, "scheduler.grace_period", space.grace_period, 1, integer=True)
     if space.grace_period > space.max_epochs:
-        raise _fail(p, "scheduler.grace_period", f"got {space.grace_period}, expected <= max_epochs "
-                                                 f"({space.max_epochs})")
+        raise _fail(
+            p, "scheduler.grace_period", f"got {space.grace_period}, expected <= max_epochs ({space.max_epochs})"
+        )
     if not _number(p, "scheduler.reduction_factor", space.reduction_factor, 1) > 1:
         raise _fail(p, "scheduler.reduction_factor", f"got {space.reduction_factor}, expected > 1")
     if not _number(p, "resources.cpus_per_trial", space.cpus_per_trial, 0) > 0:
@@ -210,9 +246,15 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
     if not isinstance(search, dict) or not search:
         raise _fail(path, "search", "expected a non-empty mapping of config keys to distributions")
     space = SearchSpace(
-        path=path, base=base, search={k: _distribution(path, k, v, base) for k, v in search.items()},
-        **raw.get("budget", {}), **raw.get("scheduler", {}), **raw.get("resources", {}),
-        seed=raw.get("seed", 0), description=raw.get("description", ""), gpu_budget=raw.get("gpu_budget", ""),
+        path=path,
+        base=base,
+        search={k: _distribution(path, k, v, base) for k, v in search.items()},
+        **raw.get("budget", {}),
+        **raw.get("scheduler", {}),
+        **raw.get("resources", {}),
+        seed=raw.get("seed", 0),
+        description=raw.get("description", ""),
+        gpu_budget=raw.get("gpu_budget", ""),
     )
     _check_budget(space)
     return space

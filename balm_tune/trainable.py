@@ -45,8 +45,13 @@ class SharedInputs:
 
     def trainer(self, params: dict) -> Trainer:
         config = self.trial_config(params)
-        return Trainer(config, data=self.data, backbone=self.backbone.cut(config.llm_layers), prompts=self.prompts,
-                       show_progress=False)
+        return Trainer(
+            config,
+            data=self.data,
+            backbone=self.backbone.cut(config.llm_layers),
+            prompts=self.prompts,
+            show_progress=False,
+        )
 
 
 def build_shared(space: SearchSpace, data: ForecastData) -> SharedInputs:
@@ -64,14 +69,22 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
-    context = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(trainer.device),
-               "precision": trainer.precision,
-               "backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS,
-               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    context = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "device": str(trainer.device),
+        "precision": trainer.precision,
+        "backbone_loads": backbones.LOADS,
+        "prompt_builds": prompts.BUILDS,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
 
     def report(epoch: EpochReport) -> None:
-        metrics = {**epoch.to_dict(), "best_val_mae": trainer.best["val_mae"],
-                   "bad_epochs": trainer.best["bad_epochs"], **context}
+        metrics = {
+            **epoch.to_dict(),
+            "best_val_mae": trainer.best["val_mae"],
+            "bad_epochs": trainer.best["bad_epochs"],
+            **context,
+        }
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -79,13 +92,21 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
     try:
         trainer.fit(on_epoch=report)
     except DivergedError as err:  # a finished trial, recorded as failed with its reason; no retry
-        tune.report({"val_mse": math.inf, "best_val_mse": math.inf, "failed": str(err), "epoch": trainer.epoch,
-                     **context})
+        tune.report(
+            {"val_mse": math.inf, "best_val_mse": math.inf, "failed": str(err), "epoch": trainer.epoch, **context}
+        )
         return
     if shared.evaluate_test:
         test = trainer.evaluate("test", trainer.config.max_eval_batches)
-        tune.report({"best_val_mse": trainer.best["val_mse"], "test_mse": test.mse, "test_mae": test.mae,
-                     "epoch": trainer.epoch, **context})
+        tune.report(
+            {
+                "best_val_mse": trainer.best["val_mse"],
+                "test_mse": test.mse,
+                "test_mae": test.mae,
+                "epoch": trainer.epoch,
+                **context,
+            }
+        )
 
 
 def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint_file: str) -> dict:

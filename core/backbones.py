@@ -201,19 +201,22 @@ def _load(name: str, llm_layers: int, attn_implementation: str) -> tuple[nn.Modu
             model = AutoModel.from_config(config, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         return Backbone(name, model, tokenizer).cut(llm_layers).model, tokenizer
-    directory = {"gpt2": lambda: _hub_dir(GPT2_HUB_ID), "smollm2-135m": _smollm2_dir,
-                 "minilm-l6": _minilm_dir}.get(name, lambda: _hub_dir(name))()
+    directory = {"gpt2": lambda: _hub_dir(GPT2_HUB_ID), "smollm2-135m": _smollm2_dir, "minilm-l6": _minilm_dir}.get(
+        name, lambda: _hub_dir(name)
+    )()
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     _cut(config, llm_layers, name)
-    model = AutoModel.from_pretrained(directory, config=config, local_files_only=True,
-                                      attn_implementation=attn_implementation)
+    model = AutoModel.from_pretrained(
+        directory, config=config, local_files_only=True, attn_implementation=attn_implementation
+    )
     return model, AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
 def _cut(config, llm_layers: int, name: str) -> None:
     if llm_layers > config.num_hidden_layers:
-        raise BackboneError(f"config key 'llm_layers': got {llm_layers}, backbone {name!r} has only "
-                            f"{config.num_hidden_layers} layers")
+        raise BackboneError(
+            f"config key 'llm_layers': got {llm_layers}, backbone {name!r} has only {config.num_hidden_layers} layers"
+        )
     config.num_hidden_layers = llm_layers
 
 

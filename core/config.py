@@ -179,9 +179,21 @@ def quickstart() -> BalmConfig:
     Sized for 2 CPU cores (a run takes a few minutes); validation and test use an evenly spaced
     subset of windows (max_eval_batches), which the CLIs say when they print metrics.
     """
-    return BalmConfig(data_path="embedded:ETTh1", seq_len=96, pred_len=96, backbone="smollm2-135m", llm_layers=1,
-                      d_model=16, d_ff=32, batch_size=32, learning_rate=0.002, epochs=5, patience=3,
-                      max_train_batches=30, max_eval_batches=16).validate()
+    return BalmConfig(
+        data_path="embedded:ETTh1",
+        seq_len=96,
+        pred_len=96,
+        backbone="smollm2-135m",
+        llm_layers=1,
+        d_model=16,
+        d_ff=32,
+        batch_size=32,
+        learning_rate=0.002,
+        epochs=5,
+        patience=3,
+        max_train_batches=30,
+        max_eval_batches=16,
+    ).validate()
 
 
 def parse_set_args(pairs: list[str]) -> dict[str, Any]:
@@ -204,10 +216,13 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     allowed = tuple(typing.get_origin(a) or a for a in allowed)
     ok = any(
-        value is None if a is type(None) else
-        isinstance(value, (int, float)) and not isinstance(value, bool) if a is float else
-        isinstance(value, int) and not isinstance(value, bool) if a is int else
-        isinstance(value, a)
+        value is None
+        if a is type(None)
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if a is float
+        else isinstance(value, int) and not isinstance(value, bool)
+        if a is int
+        else isinstance(value, a)
         for a in allowed
     )
     if not ok:

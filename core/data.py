@@ -58,8 +58,10 @@ def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, lis
     if "date" not in frame.columns:
         raise DataError(f"data file {path}: no 'date' column (columns: {list(frame.columns)[:10]})")
     if target not in frame.columns:
-        raise DataError(f"data file {path}: target column {target!r} not found (config key 'target'); "
-                        f"columns: {list(frame.columns)[:10]}")
+        raise DataError(
+            f"data file {path}: target column {target!r} not found (config key 'target'); "
+            f"columns: {list(frame.columns)[:10]}"
+        )
     variables = [c for c in frame.columns if c not in ("date", target)] + [target]
     if features == "S":
         variables = [target]
@@ -69,8 +71,10 @@ def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, lis
         bad = numeric.isna() & values[column].notna()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"data file {path}: column {column!r} row {row + 2} has non-numeric value "
-                            f"{values[column].iloc[row]!r}, expected a number")
+            raise DataError(
+                f"data file {path}: column {column!r} row {row + 2} has non-numeric value "
+                f"{values[column].iloc[row]!r}, expected a number"
+            )
         if numeric.isna().any():
             row = int(np.flatnonzero(numeric.isna().to_numpy())[0])
             raise DataError(f"data file {path}: column {column!r} row {row + 2} is empty/NaN, expected a number")
@@ -163,7 +167,7 @@ def load_data(config: BalmConfig) -> ForecastData:
                 f"data file {path}: {len(values)} rows give the {name} split rows [{begin}, {end}), "
                 f"too short for seq_len + pred_len = {need} (config keys 'seq_len', 'pred_len', 'percent')"
             )
-    train_rows = values[full["train"][0]:full["train"][1]]  # the scaler always sees the full train split
+    train_rows = values[full["train"][0] : full["train"][1]]  # the scaler always sees the full train split
     mean, std = train_rows.mean(axis=0), train_rows.std(axis=0)
     std[std == 0] = 1.0
     scaled = torch.from_numpy(((values - mean) / std).astype(np.float32))
@@ -175,5 +179,6 @@ def load_data(config: BalmConfig) -> ForecastData:
         channels = target_only if config.features == "MS" and name != "train" else all_channels
         return WindowSet(name, scaled[begin:end], channels, config.seq_len, config.pred_len)
 
-    return ForecastData(windows("train"), windows("val"), windows("test"), variables, mean, std,
-                        path, file_sha256(path), kind)
+    return ForecastData(
+        windows("train"), windows("val"), windows("test"), variables, mean, std, path, file_sha256(path), kind
+    )

@@ -26,8 +26,9 @@ from core.prompts import normalise
 STD_EPS = 1e-8
 
 
-def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: torch.Tensor, reference: bool = False
-             ) -> torch.Tensor:
+def info_nce(
+    query: torch.Tensor, key: torch.Tensor, temperature: torch.Tensor, reference: bool = False
+) -> torch.Tensor:
     """InfoNCE over the batch: row i's positive is key i, the other rows' keys are its negatives.
 
     query, key: [B, D], L2-normalised. `reference=True` reproduces the official code, whose
@@ -120,11 +121,12 @@ class BalmModel(nn.Module):
             mask = (columns[None] >= shift[:, None]).long()  # [B, P + L]
             positions = (columns[None] - shift[:, None]).clamp(min=0)
         hidden = self.llm(inputs_embeds=seq, attention_mask=mask, position_ids=positions).last_hidden_state
-        return hidden[:, -self.prompt_len:, :]  # [B, P, D]
+        return hidden[:, -self.prompt_len :, :]  # [B, P, D]
 
     # --- forward --------------------------------------------------------------
-    def forward(self, x: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, contrastive: bool = False
-                ) -> BalmOutput:
+    def forward(
+        self, x: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, contrastive: bool = False
+    ) -> BalmOutput:
         """x [B, T] look-back windows, ids/lengths their prompts -> forecast [B, H] (+ InfoNCE)."""
         x_norm, mean, std = normalise(x)
         ts = self.encode_series(x_norm)  # [B, n, D]

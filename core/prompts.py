@@ -18,8 +18,9 @@ import torch
 
 from core.data import WindowSet
 
-TEMPLATE = ("min value {}, max value {}, median value {}, the trend of input is {}, "
-            "top 5 lags are : [{}, {}, {}, {}, {}], ")
+TEMPLATE = (
+    "min value {}, max value {}, median value {}, the trend of input is {}, top 5 lags are : [{}, {}, {}, {}, {}], "
+)
 TOP_K_LAGS = 5
 NORM_EPS = 1e-5
 BUILDS = 0  # prompt tables tokenised by this process (cache hits do not count)
@@ -62,10 +63,13 @@ def format_numbers(values: torch.Tensor, decimals: int | None) -> list[str]:
 
 
 def prompt_texts(stats: WindowStats, decimals: int | None) -> list[str]:
-    columns = [format_numbers(stats.minimum, decimals), format_numbers(stats.maximum, decimals),
-               format_numbers(stats.median, decimals),
-               np.where(stats.upward.numpy(), "upward", "downward").tolist(),
-               *stats.lags.T.tolist()]
+    columns = [
+        format_numbers(stats.minimum, decimals),
+        format_numbers(stats.maximum, decimals),
+        format_numbers(stats.median, decimals),
+        np.where(stats.upward.numpy(), "upward", "downward").tolist(),
+        *stats.lags.T.tolist(),
+    ]
     return [TEMPLATE.format(*row) for row in zip(*columns)]
 
 
@@ -97,8 +101,12 @@ def build_prompt_tokens(windows: WindowSet, tokenizer, decimals: int | None, chu
         ids.append(encoded["input_ids"].astype(np.int32))
         lengths.append(encoded["attention_mask"].sum(axis=1).astype(np.int32))
     width = max(chunk_ids.shape[1] for chunk_ids in ids)
-    table = np.concatenate([np.pad(chunk_ids, ((0, 0), (0, width - chunk_ids.shape[1])),
-                                   constant_values=tokenizer.pad_token_id) for chunk_ids in ids])
+    table = np.concatenate(
+        [
+            np.pad(chunk_ids, ((0, 0), (0, width - chunk_ids.shape[1])), constant_values=tokenizer.pad_token_id)
+            for chunk_ids in ids
+        ]
+    )
     return PromptTokens(torch.from_numpy(table), torch.from_numpy(np.concatenate(lengths)))
 
 
@@ -106,12 +114,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BALM_TUNE_CACHE", Path.home() / ".cache" / "balm_tune"))
 
 
-def cached_prompt_tokens(windows: WindowSet, data_sha256: str, tokenizer, tokenizer_id: str,
-                         decimals: int | None) -> PromptTokens:
+def cached_prompt_tokens(
+    windows: WindowSet, data_sha256: str, tokenizer, tokenizer_id: str, decimals: int | None
+) -> PromptTokens:
     """build_prompt_tokens, memoised on disk by everything that defines the windows and the text."""
-    key = json.dumps([data_sha256, windows.name, windows.series.shape, float(windows.series[0, 0]),
-                      windows.channels, windows.seq_len, windows.pred_len, tokenizer_id, tokenizer.pad_token_id, decimals,
-                      TEMPLATE])
+    key = json.dumps(
+        [
+            data_sha256,
+            windows.name,
+            windows.series.shape,
+            float(windows.series[0, 0]),
+            windows.channels,
+            windows.seq_len,
+            windows.pred_len,
+            tokenizer_id,
+            tokenizer.pad_token_id,
+            decimals,
+            TEMPLATE,
+        ]
+    )
     path = cache_dir() / "prompts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)

@@ -97,15 +97,25 @@ def preflight(config: BalmConfig) -> ForecastData:
 
 def build_prompts(config: BalmConfig, data: ForecastData, backbone: Backbone) -> dict[str, PromptTokens]:
     """Prompt token ids of every window of every split (disk-cached, see core.prompts)."""
-    return {name: cached_prompt_tokens(data.split(name), data.sha256, backbone.tokenizer, backbone.tokenizer_id,
-                                       config.prompt_decimals) for name in SPLITS}
+    return {
+        name: cached_prompt_tokens(
+            data.split(name), data.sha256, backbone.tokenizer, backbone.tokenizer_id, config.prompt_decimals
+        )
+        for name in SPLITS
+    }
 
 
 class Trainer:
     """One config, one model. Build once, then `fit()`, `evaluate("test")`, `save()`/`load()`."""
 
-    def __init__(self, config: BalmConfig, data: ForecastData | None = None, backbone: Backbone | None = None,
-                 prompts: dict[str, PromptTokens] | None = None, show_progress: bool = True):
+    def __init__(
+        self,
+        config: BalmConfig,
+        data: ForecastData | None = None,
+        backbone: Backbone | None = None,
+        prompts: dict[str, PromptTokens] | None = None,
+        show_progress: bool = True,
+    ):
         self.config = config.validate()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
@@ -114,10 +124,13 @@ class Trainer:
         backbone = backbone or load_backbone(config.backbone, config.llm_layers, config.attn_implementation)
         backbone.set_attention(config.attn_implementation)
         prompts = prompts or build_prompts(config, self.data, backbone)
-        self.windows = {name: dataclasses.replace(self.data.split(name), series=self.data.split(name).series.to(
-            self.device)) for name in SPLITS}
-        self.prompts = {name: PromptTokens(p.ids.to(self.device), p.lengths.to(self.device))
-                        for name, p in prompts.items()}
+        self.windows = {
+            name: dataclasses.replace(self.data.split(name), series=self.data.split(name).series.to(self.device))
+            for name in SPLITS
+        }
+        self.prompts = {
+            name: PromptTokens(p.ids.to(self.device), p.lengths.to(self.device)) for name, p in prompts.items()
+        }
         torch.manual_seed(config.seed)
         self.model = BalmModel(config, backbone).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=self.learning_rate(0))
@@ -171,8 +184,13 @@ class Trainer:
         batches = batches[: self.config.max_train_batches]
         weight = self.config.contrastive_weight
         totals = torch.zeros(3, device=self.device)
-        progress = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
-                        disable=not self.show_progress, unit="batch")
+        progress = tqdm(
+            batches,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            leave=False,
+            disable=not self.show_progress,
+            unit="batch",
+        )
         for index in progress:
             x, y, ids, lengths = self.batch("train", index)
             with self.autocast():
@@ -181,8 +199,10 @@ class Trainer:
             contrastive = out.contrastive if out.contrastive is not None else torch.zeros((), device=self.device)
             loss = mse + weight * contrastive
             if not torch.isfinite(loss):
-                raise DivergedError(f"training loss became {loss.item()} at epoch {self.epoch + 1} "
-                                    f"(learning_rate={self.config.learning_rate:g})")
+                raise DivergedError(
+                    f"training loss became {loss.item()} at epoch {self.epoch + 1} "
+                    f"(learning_rate={self.config.learning_rate:g})"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -209,8 +229,9 @@ class Trainer:
         return Metrics(mse=squared.item() / count, mae=absolute.item() / count)
 
     # --- the loop -----------------------------------------------------------------
-    def fit(self, on_epoch: Callable[[EpochReport], None] | None = None,
-            checkpoint_path: str | Path | None = None) -> FitResult:
+    def fit(
+        self, on_epoch: Callable[[EpochReport], None] | None = None, checkpoint_path: str | Path | None = None
+    ) -> FitResult:
         """Train until `epochs` or early stopping; continues from the current epoch after `load()`.
 
         After each epoch: save the checkpoint (if a path is given), then call `on_epoch`. Ends with
@@ -227,19 +248,31 @@ class Trainer:
                 self.best_weights = self.trainable_state()
             else:
                 self.best["bad_epochs"] += 1
-            report = EpochReport(epoch=self.epoch, **train, val_mse=val.mse, val_mae=val.mae,
-                                 learning_rate=self.optimizer.param_groups[0]["lr"],
-                                 temperature=self.model.temperature.item(),
-                                 epoch_seconds=time.perf_counter() - started,
-                                 best_val_mse=self.best["val_mse"], is_best=is_best)
+            report = EpochReport(
+                epoch=self.epoch,
+                **train,
+                val_mse=val.mse,
+                val_mae=val.mae,
+                learning_rate=self.optimizer.param_groups[0]["lr"],
+                temperature=self.model.temperature.item(),
+                epoch_seconds=time.perf_counter() - started,
+                best_val_mse=self.best["val_mse"],
+                is_best=is_best,
+            )
             self.history.append(report.to_dict())
             if checkpoint_path is not None:
                 self.save(checkpoint_path)
             if on_epoch is not None:
                 on_epoch(report)
         self.use_best_weights()
-        return FitResult(self.best["val_mse"], self.best["val_mae"], self.best["epoch"], self.epoch,
-                         stopped_early=self.epoch < self.config.epochs, history=list(self.history))
+        return FitResult(
+            self.best["val_mse"],
+            self.best["val_mae"],
+            self.best["epoch"],
+            self.epoch,
+            stopped_early=self.epoch < self.config.epochs,
+            history=list(self.history),
+        )
 
     # --- checkpoints ----------------------------------------------------------------
     def use_best_weights(self) -> None:
@@ -256,10 +289,13 @@ class Trainer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
-            "model": self.trainable_state(), "best_model": self.best_weights,
+            "model": self.trainable_state(),
+            "best_model": self.best_weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"name": self.config.lr_schedule, "next_learning_rate": self.learning_rate(self.epoch)},
-            "epoch": self.epoch, "best": dict(self.best), "history": self.history,
+            "epoch": self.epoch,
+            "best": dict(self.best),
+            "history": self.history,
             "config": self.config.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
         }
@@ -290,10 +326,14 @@ def provenance(trainer: Trainer) -> dict:
 
     device = trainer.device
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
         "precision": trainer.precision,
-        "seed": trainer.config.seed, "data_file": trainer.data.path.name, "data_sha256": trainer.data.sha256,
+        "seed": trainer.config.seed,
+        "data_file": trainer.data.path.name,
+        "data_sha256": trainer.data.sha256,
     }
 
 

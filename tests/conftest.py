@@ -19,19 +19,43 @@ def etth1_path() -> Path:
 @pytest.fixture
 def tiny_config(etth1_path) -> BalmConfig:
     """A seconds-long real run: ETTh1, a 2-layer random GPT-2 with GPT-2's real tokenizer."""
-    return BalmConfig(data_path=str(etth1_path), backbone="tiny-gpt2", llm_layers=2, seq_len=96, pred_len=24,
-                      d_model=16, d_ff=32, batch_size=32, epochs=2, max_train_batches=4, max_eval_batches=2,
-                      percent=10).validate()
+    return BalmConfig(
+        data_path=str(etth1_path),
+        backbone="tiny-gpt2",
+        llm_layers=2,
+        seq_len=96,
+        pred_len=24,
+        d_model=16,
+        d_ff=32,
+        batch_size=32,
+        epochs=2,
+        max_train_batches=4,
+        max_eval_batches=2,
+        percent=10,
+    ).validate()
 
 
 TINY_SPACE = {
     "description": "tiny test search",
-    "base": {"backbone": "tiny-gpt2", "llm_layers": 2, "seq_len": 96, "pred_len": 24, "percent": 10, "d_model": 16,
-             "d_ff": 32, "batch_size": 32, "max_train_batches": 5, "max_eval_batches": 2, "patience": 5},
-    "search": {"prompt_len": {"type": "int", "low": 2, "high": 12},
-               "contrastive_weight": {"type": "float", "low": 0.0, "high": 2.0},
-               "scale_factor": {"type": "log_float", "low": 0.25, "high": 4.0},
-               "learning_rate": {"type": "log_float", "low": 0.0003, "high": 0.01}},
+    "base": {
+        "backbone": "tiny-gpt2",
+        "llm_layers": 2,
+        "seq_len": 96,
+        "pred_len": 24,
+        "percent": 10,
+        "d_model": 16,
+        "d_ff": 32,
+        "batch_size": 32,
+        "max_train_batches": 5,
+        "max_eval_batches": 2,
+        "patience": 5,
+    },
+    "search": {
+        "prompt_len": {"type": "int", "low": 2, "high": 12},
+        "contrastive_weight": {"type": "float", "low": 0.0, "high": 2.0},
+        "scale_factor": {"type": "log_float", "low": 0.25, "high": 4.0},
+        "learning_rate": {"type": "log_float", "low": 0.0003, "high": 0.01},
+    },
     "budget": {"num_samples": 6, "max_epochs": 3},
     "scheduler": {"grace_period": 1, "reduction_factor": 2},
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},

@@ -1,5 +1,6 @@
 """Real Ray clusters on this machine: two nodes, and logical GPUs shared by fractional trials."""
 
+import contextlib
 import copy
 import json
 import os
@@ -34,21 +35,27 @@ def ray_nodes():
     address = f"127.0.0.1:{port}"
 
     def start(*args: str) -> None:
-        node = ["--head", f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false"] \
-            if not groups else [f"--address={address}"]
-        run = subprocess.Popen([RAY, "start", *node, "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)  # its daemons stay in this process group
+        node = (
+            ["--head", f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false"]
+            if not groups
+            else [f"--address={address}"]
+        )
+        run = subprocess.Popen(
+            [RAY, "start", *node, "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )  # its daemons stay in this process group
         groups.append(run.pid)
         out, _ = run.communicate(timeout=180)
         assert run.returncode == 0, out[-2000:]
 
     yield start, {**env, "RAY_ADDRESS": address}
     for group in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -59,13 +66,21 @@ def _search(tmp_path: Path, env: dict, *args: str, **sections) -> list[dict]:
         space[key] = {**space[key], **value}
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
-    run = subprocess.run(search_command("--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "c",
-                                        "--address", "auto", *args), env=env, capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        search_command(
+            "--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "c", "--address", "auto", *args
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     experiment = tmp_path / "runs" / "c"
-    return [[json.loads(line) for line in (d / "result.json").read_text().splitlines()]
-            for d in sorted(experiment.glob("train_balm_*"))]
+    return [
+        [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
+        for d in sorted(experiment.glob("train_balm_*"))
+    ]
 
 
 def test_a_search_on_a_two_node_cluster_places_trials_on_both_nodes(ray_nodes, tmp_path):
@@ -80,8 +95,14 @@ def test_a_search_on_a_two_node_cluster_places_trials_on_both_nodes(ray_nodes, t
 def test_half_a_gpu_per_trial_runs_eight_trials_at_once_on_four_gpus(ray_nodes, tmp_path):
     start, env = ray_nodes
     start("--num-cpus=8", "--num-gpus=4")  # logical GPUs: Ray schedules and sets CUDA_VISIBLE_DEVICES
-    trials = _search(tmp_path, env, "--gpus-per-trial", "0.5", budget={"num_samples": 8, "max_epochs": 2},
-                     base={"max_train_batches": 25})
+    trials = _search(
+        tmp_path,
+        env,
+        "--gpus-per-trial",
+        "0.5",
+        budget={"num_samples": 8, "max_epochs": 2},
+        base={"max_train_batches": 25},
+    )
     assert len(trials) == 8
     spans = [(r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"]) for r in trials]
     most_at_once = max(sum(begin <= t < end for begin, end in spans) for t, _ in spans)

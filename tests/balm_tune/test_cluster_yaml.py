@@ -35,8 +35,9 @@ def test_cluster_yaml_passes_ray_validation():
         lambda c: c.update(head_node_type="no_such_type"),
         lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5),
         lambda c: c["available_node_types"]["gpu_worker"].pop("node_config"),
-        lambda c: c.update(max_workers=0)
-        or c["available_node_types"]["gpu_worker"].update(min_workers=1),  # sum(min) > max
+        lambda c: (
+            c.update(max_workers=0) or c["available_node_types"]["gpu_worker"].update(min_workers=1)
+        ),  # sum(min) > max
     ],
 )
 def test_mutated_cluster_yaml_fails(mutate):

@@ -36,8 +36,12 @@ def _rows(experiment: Path) -> list[dict]:
 def search(tmp_path_factory):
     """One 6-trial search (Optuna TPE + ASHA, 3 epochs max) shared by the tests of this module."""
     folder = tmp_path_factory.mktemp("search")
-    run = subprocess.run(search_command("--space", str(_space(folder)), "--storage", str(folder / "runs"),
-                                        "--name", "e2e"), capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        search_command("--space", str(_space(folder)), "--storage", str(folder / "runs"), "--name", "e2e"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return folder / "runs" / "e2e", run.stdout
 
@@ -46,8 +50,16 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
     experiment, out = search
     rows = _rows(experiment)
     assert len(rows) == 6
-    assert {"prompt_len", "contrastive_weight", "scale_factor", "learning_rate", "best_val_mse", "best_val_mae",
-            "epochs_run", "status"} <= set(rows[0])
+    assert {
+        "prompt_len",
+        "contrastive_weight",
+        "scale_factor",
+        "learning_rate",
+        "best_val_mse",
+        "best_val_mae",
+        "epochs_run",
+        "status",
+    } <= set(rows[0])
     assert any(r["status"] == "stopped by ASHA" for r in rows), rows
     assert float(rows[0]["best_val_mse"]) == min(float(r["best_val_mse"]) for r in rows)
     best = BalmConfig.load(experiment / "best_config.yaml")
@@ -68,8 +80,12 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
 def test_retraining_the_best_config_reproduces_the_winners_validation_mse(search, tmp_path):
     experiment, _ = search
     winner = json.loads((experiment / "summary.json").read_text())["winner"]
-    assert train_main(["--config", str(experiment / "best_config.yaml"), "--out", str(tmp_path), "--name", "re",
-                       "--quiet"]) == 0
+    assert (
+        train_main(
+            ["--config", str(experiment / "best_config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"]
+        )
+        == 0
+    )
     retrained = json.loads((tmp_path / "re" / "results.json").read_text())
     assert retrained["val_mse"] == pytest.approx(winner["best_val_mse"], abs=1e-6)
 
@@ -87,19 +103,32 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(search):
         assert len(events.Scalars("ray/tune/val_mse")) >= 1
         content = events.PluginTagToContent("hparams")
         session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-        assert set(session.session_start_info.hparams) == {"prompt_len", "contrastive_weight", "scale_factor",
-                                                           "learning_rate"}
+        assert set(session.session_start_info.hparams) == {
+            "prompt_len",
+            "contrastive_weight",
+            "scale_factor",
+            "learning_rate",
+        }
         experiment_info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
         metrics = {m.name.tag for m in experiment_info.experiment.metric_infos}
         assert {"ray/tune/best_val_mse", "ray/tune/best_val_mae"} <= metrics
 
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
-    path = _space(tmp_path, search={"learning_rate": {"type": "choice", "values": [1.0e30, 0.001]},
-                                    "prompt_len": {"type": "int", "low": 2, "high": 4}},
-                  budget={"num_samples": 3, "max_epochs": 1})
-    run = subprocess.run(search_command("--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "nan"),
-                         capture_output=True, text=True, timeout=600)
+    path = _space(
+        tmp_path,
+        search={
+            "learning_rate": {"type": "choice", "values": [1.0e30, 0.001]},
+            "prompt_len": {"type": "int", "low": 2, "high": 4},
+        },
+        budget={"num_samples": 3, "max_epochs": 1},
+    )
+    run = subprocess.run(
+        search_command("--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "nan"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = _rows(tmp_path / "runs" / "nan")
     failed = [r for r in rows if r["status"] == "failed"]
@@ -127,8 +156,9 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
     path = _space(tmp_path, base={"max_train_batches": 30}, budget={"num_samples": 6, "max_epochs": 3})
     storage = tmp_path / "runs"
     args = ("--space", str(path), "--storage", str(storage), "--name", "killed")
-    driver = subprocess.Popen(search_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)  # its own process group: the local Ray dies with it
+    driver = subprocess.Popen(
+        search_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )  # its own process group: the local Ray dies with it
     lines = []
     for line in driver.stdout:
         lines.append(line)
@@ -142,8 +172,12 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
     finished = {line.split("]")[0].split()[-1] for line in lines if "[trial " in line}
     before = {d.name: len(_result_lines(d)) for d in experiment.iterdir() if d.name.startswith("train_balm_")}
 
-    resumed = subprocess.run(search_command("--storage", str(storage), "--name", "killed", "--resume"),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        search_command("--storage", str(storage), "--name", "killed", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = _rows(experiment)
     assert len(rows) == 6 and all(r["status"] != "failed" for r in rows)
@@ -156,12 +190,20 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
 def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     path = _space(tmp_path, base={"max_train_batches": 60}, budget={"num_samples": 1, "max_epochs": 4})
     storage = tmp_path / "runs"
-    driver = subprocess.Popen(search_command("--space", str(path), "--storage", str(storage), "--name", "crash"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    driver = subprocess.Popen(
+        search_command("--space", str(path), "--storage", str(storage), "--name", "crash"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         experiment = storage / "crash"
-        trial_dir = _wait_for(lambda: next((d for d in experiment.glob("train_balm_*") if _result_lines(d)), None),
-                              240, "the trial's first epoch")
+        trial_dir = _wait_for(
+            lambda: next((d for d in experiment.glob("train_balm_*") if _result_lines(d)), None),
+            240,
+            "the trial's first epoch",
+        )
         first = _result_lines(trial_dir)[0]
         os.kill(first["pid"], signal.SIGKILL)  # the Ray worker running the trial
         out, _ = driver.communicate(timeout=400)

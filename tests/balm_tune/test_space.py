@@ -24,24 +24,35 @@ def test_default_space_is_the_cpu_quick_start():
     assert space.gpus_per_trial == 0 and space.base.backbone == "smollm2-135m"
 
 
-@pytest.mark.parametrize(("sections", "message"), [
-    ({"budgets": {}}, "'budgets': unknown section"),
-    ({"budget": {"num_trials": 3}}, "'budget.num_trials': unknown key"),
-    ({"search": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}},
-     "'search.learning_rate': low (0.1) > high (0.01)"),
-    ({"search": {"learning_rate": {"type": "log_float", "low": 0.0, "high": 0.01}}},
-     "'search.learning_rate': log_float needs low > 0"),
-    ({"search": {"prompt_len": {"type": "int", "low": 2, "high": 40}}},
-     "'search.prompt_len': value 40 is invalid for the base config: config key 'prompt_len': got 40, expected <= "
-     "n_patches (12"),
-    ({"search": {"temperature": {"type": "float", "low": 0.1, "high": 1.0}}},
-     "'search.temperature': the config has no key 'temperature'"),
-    ({"search": {"seq_len": {"type": "choice", "values": [96, 192]}}}, "'search.seq_len': changes the data"),
-    ({"search": {"dropout": {"type": "gauss"}}}, "'search.dropout': expected a mapping with 'type' one of"),
-    ({"base": {"learning_rat": 0.1}}, "unknown config key(s) ['learning_rat']"),
-    ({"scheduler": {"grace_period": 9}}, "'scheduler.grace_period': got 9, expected <= max_epochs (3)"),
-    ({"resources": {"gpus_per_trial": -1}}, "'resources.gpus_per_trial': got -1, expected a number >= 0"),
-])
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"budgets": {}}, "'budgets': unknown section"),
+        ({"budget": {"num_trials": 3}}, "'budget.num_trials': unknown key"),
+        (
+            {"search": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}},
+            "'search.learning_rate': low (0.1) > high (0.01)",
+        ),
+        (
+            {"search": {"learning_rate": {"type": "log_float", "low": 0.0, "high": 0.01}}},
+            "'search.learning_rate': log_float needs low > 0",
+        ),
+        (
+            {"search": {"prompt_len": {"type": "int", "low": 2, "high": 40}}},
+            "'search.prompt_len': value 40 is invalid for the base config: "
+            "config key 'prompt_len': got 40, expected <= n_patches (12",
+        ),
+        (
+            {"search": {"temperature": {"type": "float", "low": 0.1, "high": 1.0}}},
+            "'search.temperature': the config has no key 'temperature'",
+        ),
+        ({"search": {"seq_len": {"type": "choice", "values": [96, 192]}}}, "'search.seq_len': changes the data"),
+        ({"search": {"dropout": {"type": "gauss"}}}, "'search.dropout': expected a mapping with 'type' one of"),
+        ({"base": {"learning_rat": 0.1}}, "unknown config key(s) ['learning_rat']"),
+        ({"scheduler": {"grace_period": 9}}, "'scheduler.grace_period': got 9, expected <= max_epochs (3)"),
+        ({"resources": {"gpus_per_trial": -1}}, "'resources.gpus_per_trial': got -1, expected a number >= 0"),
+    ],
+)
 def test_bad_spaces_name_the_file_and_key(write_space, sections, message):
     path = write_space(**sections)
     with pytest.raises(SpaceError) as err:
@@ -51,8 +62,12 @@ def test_bad_spaces_name_the_file_and_key(write_space, sections, message):
 
 def test_a_bad_space_fails_on_the_command_line_before_ray_starts(write_space, tmp_path):
     path = write_space(search={"learning_rate": {"type": "log_float", "low": -1, "high": 0.01}})
-    run = subprocess.run(search_command("--space", str(path), "--storage", str(tmp_path / "runs")),
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        search_command("--space", str(path), "--storage", str(tmp_path / "runs")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert f"error: search space {path}: 'search.learning_rate': log_float needs low > 0" in run.stderr
     assert "Ray" not in run.stdout + run.stderr and not (tmp_path / "runs").exists()
@@ -60,8 +75,22 @@ def test_a_bad_space_fails_on_the_command_line_before_ray_starts(write_space, tm
 
 def test_dry_run_checks_everything_and_starts_nothing(write_space, tmp_path, capsys):
     path = write_space()
-    assert search_main(["--space", str(path), "--storage", str(tmp_path / "runs"), "--dry-run",
-                        "--num-samples", "7", "--set", "max_train_batches=3"]) == 0
+    assert (
+        search_main(
+            [
+                "--space",
+                str(path),
+                "--storage",
+                str(tmp_path / "runs"),
+                "--dry-run",
+                "--num-samples",
+                "7",
+                "--set",
+                "max_train_batches=3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "7 trials x up to 3 epochs" in out and "search learning_rate: log_float" in out and "dry run" in out
     assert not (tmp_path / "runs").exists()

@@ -37,7 +37,13 @@ def test_cutting_a_loaded_backbone_equals_loading_it_cut(name):
     deep, shallow = load_backbone(name, 3), load_backbone(name, 1)
     cut = deep.cut(1)
     x = torch.randn(2, 5, deep.hidden_size)
-    torch.testing.assert_close(cut.model(inputs_embeds=x).last_hidden_state,
-                               shallow.model(inputs_embeds=x).last_hidden_state, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        cut.model(inputs_embeds=x).last_hidden_state,
+        shallow.model(inputs_embeds=x).last_hidden_state,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert deep.model.config.num_hidden_layers == 3  # the original is untouched
-    assert not torch.allclose(deep.model(inputs_embeds=x).last_hidden_state, cut.model(inputs_embeds=x).last_hidden_state)
+    assert not torch.allclose(
+        deep.model(inputs_embeds=x).last_hidden_state, cut.model(inputs_embeds=x).last_hidden_state
+    )

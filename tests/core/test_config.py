@@ -47,6 +47,10 @@ def test_missing_and_malformed_config_files(tmp_path):
 
 def test_set_arguments_are_parsed_as_yaml_values():
     assert parse_set_args(["learning_rate=0.01", "prompt_len=null", "backbone=tiny-gpt2", "llm_dropout=true"]) == {
-        "learning_rate": 0.01, "prompt_len": None, "backbone": "tiny-gpt2", "llm_dropout": True}
+        "learning_rate": 0.01,
+        "prompt_len": None,
+        "backbone": "tiny-gpt2",
+        "llm_dropout": True,
+    }
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set_args(["learning_rate"])

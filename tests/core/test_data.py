@@ -10,9 +10,15 @@ from core.data import DataError, load_data, split_borders
 def test_ett_hour_borders_equal_the_published_ones():
     # Informer/Autoformer convention: 12/4/4 months of 30 days; val/test look back seq_len rows
     assert split_borders("ett_hour", 17420, 512) == {
-        "train": (0, 8640), "val": (8640 - 512, 11520), "test": (11520 - 512, 14400)}
+        "train": (0, 8640),
+        "val": (8640 - 512, 11520),
+        "test": (11520 - 512, 14400),
+    }
     assert split_borders("ett_minute", 69680, 96) == {
-        "train": (0, 34560), "val": (34560 - 96, 46080), "test": (46080 - 96, 57600)}
+        "train": (0, 34560),
+        "val": (34560 - 96, 46080),
+        "test": (46080 - 96, 57600),
+    }
 
 
 def test_ratio_borders_are_70_10_20():

@@ -24,8 +24,9 @@ def test_info_nce_equals_a_hand_computation():
     in_batch = sum(-sims[i][i] + math.log(sum(math.exp(s) for s in sims[i])) for i in range(3)) / 3
     assert info_nce(q, k, tau).item() == pytest.approx(in_batch, rel=1e-6)
     # reference: logits [positive, all keys] -> the own key appears twice
-    reference = sum(-sims[i][i] + math.log(math.exp(sims[i][i]) + sum(math.exp(s) for s in sims[i]))
-                    for i in range(3)) / 3
+    reference = (
+        sum(-sims[i][i] + math.log(math.exp(sims[i][i]) + sum(math.exp(s) for s in sims[i])) for i in range(3)) / 3
+    )
     assert info_nce(q, k, tau, reference=True).item() == pytest.approx(reference, rel=1e-6)
 
 
@@ -44,8 +45,9 @@ def test_paper_table3_shape_has_970081_trainable_of_82882657_parameters():
 
 
 def _model(padding: str) -> BalmModel:
-    config = BalmConfig(backbone="tiny-gpt2", llm_layers=2, seq_len=96, pred_len=24, d_model=16, d_ff=32,
-                        padding=padding, dropout=0.0)
+    config = BalmConfig(
+        backbone="tiny-gpt2", llm_layers=2, seq_len=96, pred_len=24, d_model=16, d_ff=32, padding=padding, dropout=0.0
+    )
     torch.manual_seed(0)
     return BalmModel(config, load_backbone("tiny-gpt2", 2)).eval()
 
@@ -58,8 +60,9 @@ def test_left_padding_with_mask_makes_a_forecast_independent_of_its_batch():
     batched = model(x, ids, lengths).forecast[:1]
     torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)
     right = _model("right")  # the reference: right padding, no mask -> the batch leaks in
-    assert not torch.allclose(right(x[:1], ids[:1, :18], lengths[:1]).forecast, right(x, ids, lengths).forecast[:1],
-                              atol=1e-4)
+    assert not torch.allclose(
+        right(x[:1], ids[:1, :18], lengths[:1]).forecast, right(x, ids, lengths).forecast[:1], atol=1e-4
+    )
 
 
 def test_the_frozen_llm_gets_no_gradient_but_the_learnable_prompt_does():

@@ -11,9 +11,14 @@ def _per_row(x: np.ndarray) -> dict:
     """The straightforward computation, one window at a time, no FFT."""
     t = len(x)
     autocorr = np.array([np.dot(x, np.roll(x, -k)) for k in range(t)])  # circular, lag 0 included
-    return {"min": x.min(), "max": x.max(), "median": np.sort(x)[(t - 1) // 2],  # torch's lower median
-            "trend": "upward" if np.diff(x).sum() > 0 else "downward",
-            "lags": set(np.argsort(-autocorr, kind="stable")[:5]), "autocorr": autocorr}
+    return {
+        "min": x.min(),
+        "max": x.max(),
+        "median": np.sort(x)[(t - 1) // 2],  # torch's lower median
+        "trend": "upward" if np.diff(x).sum() > 0 else "downward",
+        "lags": set(np.argsort(-autocorr, kind="stable")[:5]),
+        "autocorr": autocorr,
+    }
 
 
 def test_statistics_prompt_equals_a_per_row_computation(etth1_path):
@@ -29,9 +34,11 @@ def test_statistics_prompt_equals_a_per_row_computation(etth1_path):
         # mirror lags (k, T-k) have equal autocorrelation: compare the top-5 values, then the set
         np.testing.assert_allclose(np.sort(expected["autocorr"][lags]), np.sort(expected["autocorr"])[-5:], rtol=1e-4)
         assert lags[0] == 0
-        assert text == (f"min value {expected['min']:.2f}, max value {expected['max']:.2f}, "
-                        f"median value {expected['median']:.2f}, the trend of input is {expected['trend']}, "
-                        f"top 5 lags are : [{', '.join(map(str, lags))}], ")
+        assert text == (
+            f"min value {expected['min']:.2f}, max value {expected['max']:.2f}, "
+            f"median value {expected['median']:.2f}, the trend of input is {expected['trend']}, "
+            f"top 5 lags are : [{', '.join(map(str, lags))}], "
+        )
         # the reference prints the float32 value with Python's full repr
         assert full.startswith(f"min value {float(np.float32(expected['min']))!r}, max value ")
 
@@ -53,7 +60,7 @@ def test_prompts_are_tokenised_once_into_a_right_padded_table(etth1_path):
     x, _, _ = normalise(data.train.inputs(torch.tensor([row])))
     expected = backbone.tokenizer(prompt_texts(window_statistics(x), 2))["input_ids"][0]
     assert tokens.ids[row, : tokens.lengths[row]].tolist() == expected
-    assert (tokens.ids[row, tokens.lengths[row]:] == backbone.tokenizer.pad_token_id).all()
+    assert (tokens.ids[row, tokens.lengths[row] :] == backbone.tokenizer.pad_token_id).all()
     ids, lengths = tokens.batch(torch.tensor([row, 0]))
     assert ids.shape[1] == int(lengths.max())
 

@@ -45,9 +45,15 @@ def test_resume_from_checkpoint_gives_the_same_next_epoch_as_an_uninterrupted_ru
     assert not any(k.startswith("llm.") for k in state["model"])  # only trainable weights are saved
 
 
-@pytest.mark.parametrize(("schedule", "rates"), [
-    ("type1", [1e-2, 5e-3, 2.5e-3]), ("reference", [4e-4, 2e-4, 1e-4]),
-    ("constant", [1e-2, 1e-2, 1e-2]), ("cosine", [1e-2, 8.535534e-3, 5e-3])])
+@pytest.mark.parametrize(
+    ("schedule", "rates"),
+    [
+        ("type1", [1e-2, 5e-3, 2.5e-3]),
+        ("reference", [4e-4, 2e-4, 1e-4]),
+        ("constant", [1e-2, 1e-2, 1e-2]),
+        ("cosine", [1e-2, 8.535534e-3, 5e-3]),
+    ],
+)
 def test_learning_rate_schedules(tiny_config, schedule, rates):
     config = dataclasses.replace(tiny_config, epochs=4, lr_schedule=schedule, learning_rate=1e-2)
     trainer = Trainer(config, show_progress=False)
@@ -69,13 +75,16 @@ def test_nan_loss_stops_training_with_a_reason(tiny_config):
         trainer.fit()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--config", "missing.yaml"], "config file missing.yaml not found"),
-    (["--set", "seq_lenn=96"], "unknown config key(s) ['seq_lenn']"),
-    (["--set", "backbone=no-such-org/no-model"], "backbone 'no-such-org/no-model': not a local directory"),
-    (["--set", "data_path=nowhere.csv"], "data file nowhere.csv not found"),
-    (["--set", "seq_len=20000"], "too short for seq_len + pred_len"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "missing.yaml"], "config file missing.yaml not found"),
+        (["--set", "seq_lenn=96"], "unknown config key(s) ['seq_lenn']"),
+        (["--set", "backbone=no-such-org/no-model"], "backbone 'no-such-org/no-model': not a local directory"),
+        (["--set", "data_path=nowhere.csv"], "data file nowhere.csv not found"),
+        (["--set", "seq_len=20000"], "too short for seq_len + pred_len"),
+    ],
+)
 def test_train_cli_rejects_bad_input_before_loading_a_model(args, message, capsys, tmp_path):
     assert train_main([*args, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -86,7 +95,9 @@ def test_train_cli_rejects_bad_input_before_loading_a_model(args, message, capsy
 def test_train_cli_trains_and_writes_results(tiny_config, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     tiny_config.save(path)
-    assert train_main(["--config", str(path), "--set", "epochs=1", "--out", str(tmp_path), "--name", "r", "--quiet"]) == 0
+    assert (
+        train_main(["--config", str(path), "--set", "epochs=1", "--out", str(tmp_path), "--name", "r", "--quiet"]) == 0
+    )
     out = capsys.readouterr().out
     assert "val mse" in out and "test mse" in out
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"config.yaml", "checkpoint.pt", "results.json"}
