@@ -121,19 +121,19 @@ class WindowSet:
 
     def locate(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Window index -> (start row, variable column)."""
-        channel = torch.as_tensor(self.channels)[index // self.n_starts]
+        channel = torch.as_tensor(self.channels, device=index.device)[index // self.n_starts]
         return index % self.n_starts, channel
 
     def inputs(self, index: torch.Tensor) -> torch.Tensor:
         """Look-back windows [len(index), T]."""
         start, channel = self.locate(index)
-        rows = start[:, None] + torch.arange(self.seq_len)
+        rows = start[:, None] + torch.arange(self.seq_len, device=index.device)
         return self.series[rows, channel[:, None]]
 
     def targets(self, index: torch.Tensor) -> torch.Tensor:
         """Horizons [len(index), H] that follow each look-back window."""
         start, channel = self.locate(index)
-        rows = start[:, None] + self.seq_len + torch.arange(self.pred_len)
+        rows = start[:, None] + self.seq_len + torch.arange(self.pred_len, device=index.device)
         return self.series[rows, channel[:, None]]
 
 

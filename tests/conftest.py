@@ -63,26 +63,24 @@ TINY_SPACE = {
 }
 
 
-@pytest.fixture
-def write_space(tmp_path, etth1_path):
-    """Write a search space file: the tiny space with top-level sections replaced/updated."""
+def write_tiny_space(folder: Path, **sections) -> Path:
+    """Write the tiny search space to folder/space.yaml; mapping sections are updated, others replaced."""
     import copy
 
     import yaml
 
-    def write(name: str = "space.yaml", **sections) -> Path:
-        space = copy.deepcopy(TINY_SPACE)
-        space["base"]["data_path"] = str(etth1_path)
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(space.get(key), dict):
-                space[key].update(value)
-            else:
-                space[key] = value
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(space))
-        return path
+    space = copy.deepcopy(TINY_SPACE)
+    space["base"]["data_path"] = str(SHARED_DATA / "ETTh1.csv")
+    for key, value in sections.items():
+        space[key] = {**space[key], **value} if isinstance(value, dict) and isinstance(space.get(key), dict) else value
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
 
-    return write
+
+@pytest.fixture
+def write_space(tmp_path):
+    return lambda **sections: write_tiny_space(tmp_path, **sections)
 
 
 def search_command(*args: str) -> list[str]:

@@ -1,7 +1,6 @@
 """Real Ray clusters on this machine: two nodes, and logical GPUs shared by fractional trials."""
 
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -13,9 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import SHARED_DATA, TINY_SPACE, search_command
+from tests.conftest import search_command, write_tiny_space
 
 RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray installed beside this Python
 
@@ -60,12 +58,7 @@ def ray_nodes():
 
 
 def _search(tmp_path: Path, env: dict, *args: str, **sections) -> list[dict]:
-    space = copy.deepcopy(TINY_SPACE)
-    space["base"]["data_path"] = str(SHARED_DATA / "ETTh1.csv")
-    for key, value in sections.items():
-        space[key] = {**space[key], **value}
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path = write_tiny_space(tmp_path, **sections)
     run = subprocess.run(
         search_command(
             "--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "c", "--address", "auto", *args

@@ -1,6 +1,5 @@
 """End-to-end searches through the real CLI, real Ray, real Optuna, on a tiny real backbone."""
 
-import copy
 import csv
 import json
 import os
@@ -10,21 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
-from tests.conftest import SHARED_DATA, TINY_SPACE, search_command
-
-
-def _space(folder: Path, **sections) -> Path:
-    space = copy.deepcopy(TINY_SPACE)
-    space["base"]["data_path"] = str(SHARED_DATA / "ETTh1.csv")
-    for key, value in sections.items():
-        space[key] = {**space[key], **value} if isinstance(space.get(key), dict) else value
-    path = folder / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+from tests.conftest import search_command, write_tiny_space
 
 
 def _rows(experiment: Path) -> list[dict]:
@@ -37,7 +25,7 @@ def search(tmp_path_factory):
     """One 6-trial search (Optuna TPE + ASHA, 3 epochs max) shared by the tests of this module."""
     folder = tmp_path_factory.mktemp("search")
     run = subprocess.run(
-        search_command("--space", str(_space(folder)), "--storage", str(folder / "runs"), "--name", "e2e"),
+        search_command("--space", str(write_tiny_space(folder)), "--storage", str(folder / "runs"), "--name", "e2e"),
         capture_output=True,
         text=True,
         timeout=600,
@@ -115,7 +103,7 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(search):
 
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
-    path = _space(
+    path = write_tiny_space(
         tmp_path,
         search={
             "learning_rate": {"type": "choice", "values": [1.0e30, 0.001]},
@@ -153,7 +141,7 @@ def _result_lines(trial_dir: Path) -> list[dict]:
 
 
 def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
-    path = _space(tmp_path, base={"max_train_batches": 30}, budget={"num_samples": 6, "max_epochs": 3})
+    path = write_tiny_space(tmp_path, base={"max_train_batches": 30}, budget={"num_samples": 6, "max_epochs": 3})
     storage = tmp_path / "runs"
     args = ("--space", str(path), "--storage", str(storage), "--name", "killed")
     driver = subprocess.Popen(
@@ -188,7 +176,7 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
 
 
 def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
-    path = _space(tmp_path, base={"max_train_batches": 60}, budget={"num_samples": 1, "max_epochs": 4})
+    path = write_tiny_space(tmp_path, base={"max_train_batches": 60}, budget={"num_samples": 1, "max_epochs": 4})
     storage = tmp_path / "runs"
     driver = subprocess.Popen(
         search_command("--space", str(path), "--storage", str(storage), "--name", "crash"),
