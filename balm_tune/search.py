@@ -162,7 +162,7 @@ def make_tuner(space: SearchSpace, shared, experiment: Path, concurrent: int, re
             mode="min",
             num_samples=space.num_samples,
             max_concurrent_trials=min(concurrent, space.num_samples),
-            reuse_actors=False,
+            reuse_actors=True,  # one worker process runs trial after trial: no per-trial import and start-up
         ),
         run_config=tune.RunConfig(
             name=experiment.name,

@@ -1,7 +1,7 @@
 """Search quality: best val MSE of Optuna TPE + ASHA (balm_tune.search) vs random search without pruning,
 for the same epoch budget, on the default search space, over several seeds.
 
-Run from the repository root (2 CPU cores: about 15 minutes; take the lock so other jobs stay off the CPUs):
+Run from the repository root (2 CPU cores: about 12 minutes; take the lock so other jobs stay off the CPUs):
 
     flock /tmp/bench.lock python bench/search_quality.py | tee /work/notes/search_quality_output.txt
     python bench/search_quality.py --quick                  # smoke run, about 2 minutes
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -55,9 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds (default: 0 1 2)")
     p.add_argument("--num-samples", type=int, default=12, help="trials of the Optuna+ASHA arm (default: %(default)s)")
     p.add_argument("--max-epochs", type=int, default=4, help="epochs of an unpruned trial (default: %(default)s)")
-    p.add_argument("--max-train-batches", type=int, default=10,
+    p.add_argument("--max-train-batches", type=int, default=8,
                    help="training batches per epoch (default: %(default)s)")
-    p.add_argument("--max-eval-batches", type=int, default=8, help="validation batches (default: %(default)s)")
+    p.add_argument("--max-eval-batches", type=int, default=6, help="validation batches (default: %(default)s)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0,
                    help="CPUs per trial; 1 runs 2 trials at once on 2 cores (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: seed 0, 4 trials of up to 2 epochs of 3 batches")
@@ -110,7 +111,7 @@ def run_random(space: SearchSpace, shared: SharedInputs, storage: Path, concurre
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(random_state=space.seed, max_concurrent=min(concurrent, trials)),
-            metric="best_val_mse", mode="min", num_samples=trials, reuse_actors=False),
+            metric="best_val_mse", mode="min", num_samples=trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"random-seed{space.seed}", storage_path=str(storage), verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
@@ -172,6 +173,8 @@ def main() -> int:
     finally:
         ray.shutdown()
     print_report(args.seeds, arms, space)
+    print(f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs (other jobs on the machine inflate the times)")
     return 0
 
 

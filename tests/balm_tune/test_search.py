@@ -24,12 +24,8 @@ def _rows(experiment: Path) -> list[dict]:
 def search(tmp_path_factory):
     """One 6-trial search (Optuna TPE + ASHA, 3 epochs max) shared by the tests of this module."""
     folder = tmp_path_factory.mktemp("search")
-    run = subprocess.run(
-        search_command("--space", str(write_tiny_space(folder)), "--storage", str(folder / "runs"), "--name", "e2e"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["--space", str(write_tiny_space(folder)), "--storage", str(folder / "runs"), "--name", "e2e"]
+    run = subprocess.run(search_command(*args, "--final-seeds", "2"), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return folder / "runs" / "e2e", run.stdout
 
@@ -63,6 +59,10 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
     assert summary["built_in_trials"] == {"backbone_loads": 0, "prompt_builds": 0}
     assert f"python -m balm_tune.train --config {experiment / 'best_config.yaml'}" in out
     assert out.count("[trial ") >= 6  # one line per finished trial
+    seeds = summary["final_seeds"]  # --final-seeds 2: the winner retrained on seeds 2022 and 2023
+    assert sorted(r["seed"] for r in seeds["runs"]) == [best.seed + 1, best.seed + 2]
+    assert seeds["test_mse_mean"] == pytest.approx(sum(r["test_mse"] for r in seeds["runs"]) / 2)
+    assert seeds["test_mse_std"] > 0 and "winner on 2 further seeds: test mse" in out
 
 
 def test_retraining_the_best_config_reproduces_the_winners_validation_mse(search, tmp_path):
@@ -141,7 +141,9 @@ def _result_lines(trial_dir: Path) -> list[dict]:
 
 
 def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
-    path = write_tiny_space(tmp_path, base={"max_train_batches": 30}, budget={"num_samples": 6, "max_epochs": 3})
+    path = write_tiny_space(
+        tmp_path, base={"max_train_batches": 150, "percent": 100}, budget={"num_samples": 8, "max_epochs": 3}
+    )
     storage = tmp_path / "runs"
     args = ("--space", str(path), "--storage", str(storage), "--name", "killed")
     driver = subprocess.Popen(
@@ -168,7 +170,7 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = _rows(experiment)
-    assert len(rows) == 6 and all(r["status"] != "failed" for r in rows)
+    assert len(rows) == 8 and all(r["status"] != "failed" for r in rows)
     for name, count in before.items():
         trial_id = name.split("_")[2]
         if trial_id in finished:  # finished before the kill: not trained again
