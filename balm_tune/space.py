@@ -45,6 +45,7 @@ NOT_SEARCHABLE = {
     "percent",
     "backbone",
     "prompt_decimals",
+    "prompt_style",
     "device",
     "precision",
     "epochs",

@@ -35,6 +35,7 @@ from transformers import (
     GPT2Config,
     GPT2TokenizerFast,
     LlamaConfig,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -88,8 +89,13 @@ class Backbone:
         return Backbone(self.name, model, self.tokenizer)
 
     def set_attention(self, implementation: str) -> None:
+        """Switch sdpa/eager. A cut backbone's blocks keep the config they were built with: set them all."""
         if self.model.config._attn_implementation != implementation:
             self.model.set_attn_implementation(implementation)
+        for module in self.model.modules():
+            config = getattr(module, "config", None)
+            if isinstance(config, PretrainedConfig):
+                config._attn_implementation = implementation
 
 
 def _shallow(module: nn.Module) -> nn.Module:

@@ -48,10 +48,12 @@ class BalmConfig:
     infonce: str = "in_batch"  # in_batch | reference (own key also among the negatives)
 
     # --- prompt and LLM execution (project defaults; "reference" values reproduce the official code) ---
+    prompt_style: str = "compact"  # compact: "min {} max {} ..." | reference: the paper's wording (core/prompts.py)
     prompt_decimals: int | None = 2  # digits printed per statistic; None: full float repr (reference)
     padding: str = "left"  # left: left padding + attention mask; right: right padding, no mask (reference)
     llm_dropout: bool = False  # True: the frozen LLM keeps its dropout active (reference)
     attn_implementation: str = "sdpa"  # sdpa | eager (reference)
+    share_prefix: bool = True  # causal LLMs: V's states once per batch, not per row (exact; speed only)
 
     # --- training ---
     batch_size: int = 24
@@ -78,6 +80,7 @@ class BalmConfig:
             "features": ("M", "S", "MS"),
             "infonce": ("in_batch", "reference"),
             "padding": ("left", "right"),
+            "prompt_style": ("compact", "reference"),
             "attn_implementation": ("sdpa", "eager"),
             "lr_schedule": ("type1", "reference", "cosine", "constant"),
             "precision": ("auto", "fp32", "bf16"),

@@ -12,18 +12,23 @@ patches n = (T - p) // s + 2, learnable prompt length P, LLM width D.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GPT2Model
 
 from core.backbones import Backbone
 from core.config import BalmConfig
 from core.prompts import normalise
 
 STD_EPS = 1e-8
+CAUSAL = ("GPT2Model", "LlamaModel")  # decoders whose prefix states do not depend on what follows
+# recent transformers renamed `past_key_values` to `cache` (argument and output)
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
 def info_nce(
@@ -110,10 +115,12 @@ class BalmModel(nn.Module):
         reference): [V, text, pad...] with no mask, so the kept positions may be padding.
         """
         batch, width = ids.shape
+        shift = width - lengths.to(ids.device).long()  # [B] padding per row
+        if self.shares_prefix(lengths):
+            return self.encode_prompt_after_shared_prefix(ids, shift)
         text = self.llm.get_input_embeddings()(ids)  # [B, L, D]
         seq = torch.cat([self.soft_prompt.expand(batch, -1, -1).to(text.dtype), text], dim=1)  # [B, P + L, D]
         mask = positions = None
-        shift = width - lengths.to(ids.device).long()  # [B] padding per row
         if self.config.padding == "left" and bool(shift.any()):
             columns = torch.arange(seq.shape[1], device=ids.device)
             source = (columns[None] - shift[:, None]) % seq.shape[1]  # roll each row right by its padding
@@ -121,6 +128,37 @@ class BalmModel(nn.Module):
             mask = (columns[None] >= shift[:, None]).long()  # [B, P + L]
             positions = (columns[None] - shift[:, None]).clamp(min=0)
         hidden = self.llm(inputs_embeds=seq, attention_mask=mask, position_ids=positions).last_hidden_state
+        return hidden[:, -self.prompt_len :, :]  # [B, P, D]
+
+    def shares_prefix(self, lengths: torch.Tensor) -> bool:
+        """share_prefix applies to causal LLMs with left padding, no LLM dropout, and prompts of >= P tokens."""
+        c = self.config
+        return (
+            c.share_prefix
+            and c.padding == "left"
+            and not c.llm_dropout
+            and type(self.llm).__name__ in CAUSAL
+            and int(lengths.min()) >= self.prompt_len
+        )
+
+    def encode_prompt_after_shared_prefix(self, ids: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The same E, computing V's states once per batch: in a causal LLM they do not depend on the text.
+
+        V runs alone (batch 1) and its key/value cache is repeated over the batch; the text then runs
+        as [pad..., text] after it, pads masked, positions continuing from P.
+        """
+        batch, width = ids.shape
+        prefix = self.llm(inputs_embeds=self.soft_prompt[None], use_cache=True)[CACHE_ARGUMENT]
+        prefix.batch_repeat_interleave(batch)
+        columns = torch.arange(width, device=ids.device)
+        source = (columns[None] - shift[:, None]) % width  # roll each row right by its padding
+        text = self.llm.get_input_embeddings()(ids.gather(1, source))  # [B, L, D]
+        text_mask = (columns[None] >= shift[:, None]).long()
+        mask = torch.cat([torch.ones_like(text_mask[:, : self.prompt_len]), text_mask], dim=1)  # [B, P + L]
+        positions = self.prompt_len + (columns[None] - shift[:, None]).clamp(min=0)  # [B, L]
+        hidden = self.llm(
+            inputs_embeds=text, attention_mask=mask, position_ids=positions, **{CACHE_ARGUMENT: prefix}
+        ).last_hidden_state
         return hidden[:, -self.prompt_len :, :]  # [B, P, D]
 
     # --- forward --------------------------------------------------------------

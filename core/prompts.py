@@ -18,9 +18,11 @@ import torch
 
 from core.data import WindowSet
 
-TEMPLATE = (
-    "min value {}, max value {}, median value {}, the trend of input is {}, top 5 lags are : [{}, {}, {}, {}, {}], "
-)
+TEMPLATES = {  # prompt_style -> text; the statistics are the same in both
+    "reference": "min value {}, max value {}, median value {}, the trend of input is {}, "
+    "top 5 lags are : [{}, {}, {}, {}, {}], ",
+    "compact": "min {} max {} median {} trend {} lags {} {} {} {} {}",  # half the LLM tokens
+}
 TOP_K_LAGS = 5
 NORM_EPS = 1e-5
 BUILDS = 0  # prompt tables tokenised by this process (cache hits do not count)
@@ -62,7 +64,7 @@ def format_numbers(values: torch.Tensor, decimals: int | None) -> list[str]:
     return np.char.mod(f"%.{decimals}f", values.numpy()).tolist()
 
 
-def prompt_texts(stats: WindowStats, decimals: int | None) -> list[str]:
+def prompt_texts(stats: WindowStats, decimals: int | None, style: str = "reference") -> list[str]:
     columns = [
         format_numbers(stats.minimum, decimals),
         format_numbers(stats.maximum, decimals),
@@ -70,7 +72,7 @@ def prompt_texts(stats: WindowStats, decimals: int | None) -> list[str]:
         np.where(stats.upward.numpy(), "upward", "downward").tolist(),
         *stats.lags.T.tolist(),
     ]
-    return [TEMPLATE.format(*row) for row in zip(*columns)]
+    return [TEMPLATES[style].format(*row) for row in zip(*columns)]
 
 
 @dataclass
@@ -86,7 +88,9 @@ class PromptTokens:
         return self.ids[index, : int(lengths.max())].long(), lengths
 
 
-def build_prompt_tokens(windows: WindowSet, tokenizer, decimals: int | None, chunk: int = 8192) -> PromptTokens:
+def build_prompt_tokens(
+    windows: WindowSet, tokenizer, decimals: int | None, style: str = "reference", chunk: int = 8192
+) -> PromptTokens:
     """Statistics -> text -> token ids for all windows of a split (one tokenizer call per chunk).
 
     The tokenizer must pad on the right and have a pad token (core.backbones sets both).
@@ -97,7 +101,7 @@ def build_prompt_tokens(windows: WindowSet, tokenizer, decimals: int | None, chu
     for begin in range(0, len(windows), chunk):
         index = torch.arange(begin, min(begin + chunk, len(windows)))
         x, _, _ = normalise(windows.inputs(index))
-        encoded = tokenizer(prompt_texts(window_statistics(x), decimals), padding=True, return_tensors="np")
+        encoded = tokenizer(prompt_texts(window_statistics(x), decimals, style), padding=True, return_tensors="np")
         ids.append(encoded["input_ids"].astype(np.int32))
         lengths.append(encoded["attention_mask"].sum(axis=1).astype(np.int32))
     width = max(chunk_ids.shape[1] for chunk_ids in ids)
@@ -115,7 +119,7 @@ def cache_dir() -> Path:
 
 
 def cached_prompt_tokens(
-    windows: WindowSet, data_sha256: str, tokenizer, tokenizer_id: str, decimals: int | None
+    windows: WindowSet, data_sha256: str, tokenizer, tokenizer_id: str, decimals: int | None, style: str
 ) -> PromptTokens:
     """build_prompt_tokens, memoised on disk by everything that defines the windows and the text."""
     key = json.dumps(
@@ -130,14 +134,14 @@ def cached_prompt_tokens(
             tokenizer_id,
             tokenizer.pad_token_id,
             decimals,
-            TEMPLATE,
+            TEMPLATES[style],
         ]
     )
     path = cache_dir() / "prompts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         return PromptTokens(saved["ids"], saved["lengths"])
-    tokens = build_prompt_tokens(windows, tokenizer, decimals)
+    tokens = build_prompt_tokens(windows, tokenizer, decimals, style)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"ids": tokens.ids, "lengths": tokens.lengths}, tmp)

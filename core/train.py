@@ -99,7 +99,12 @@ def build_prompts(config: BalmConfig, data: ForecastData, backbone: Backbone) ->
     """Prompt token ids of every window of every split (disk-cached, see core.prompts)."""
     return {
         name: cached_prompt_tokens(
-            data.split(name), data.sha256, backbone.tokenizer, backbone.tokenizer_id, config.prompt_decimals
+            data.split(name),
+            data.sha256,
+            backbone.tokenizer,
+            backbone.tokenizer_id,
+            config.prompt_decimals,
+            config.prompt_style,
         )
         for name in SPLITS
     }

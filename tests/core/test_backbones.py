@@ -47,3 +47,11 @@ def test_cutting_a_loaded_backbone_equals_loading_it_cut(name):
     assert not torch.allclose(
         deep.model(inputs_embeds=x).last_hidden_state, cut.model(inputs_embeds=x).last_hidden_state
     )
+
+
+def test_switching_attention_reaches_every_block_of_a_cut_backbone():
+    backbone = load_backbone("tiny-gpt2", 2)  # built whole (4 blocks), then cut
+    for implementation in ("eager", "sdpa"):
+        backbone.set_attention(implementation)
+        seen = {m.config._attn_implementation for m in backbone.model.modules() if hasattr(m, "config")}
+        assert seen == {implementation}

@@ -73,3 +73,31 @@ def test_the_frozen_llm_gets_no_gradient_but_the_learnable_prompt_does():
     assert model.log_temperature.grad is not None
     assert all(p.grad is None for p in model.llm.parameters())
     assert not model.llm.training  # frozen LLM: no dropout unless llm_dropout=True
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_sharing_the_prefix_computes_the_same_forecast_and_prompt_gradient(name):
+    config = BalmConfig(backbone=name, llm_layers=2, seq_len=96, pred_len=24, d_model=16, d_ff=32, dropout=0.0)
+    torch.manual_seed(0)
+    model = BalmModel(config, load_backbone(name, 2))
+    x, ids, lengths = torch.randn(3, 96), torch.randint(0, 40000, (3, 30)), torch.tensor([18, 30, 25])
+    assert model.shares_prefix(lengths)
+    results = []
+    for share in (True, False):
+        model.config = BalmConfig(**{**config.to_dict(), "share_prefix": share})
+        model.zero_grad()
+        out = model(x, ids, lengths, contrastive=True)
+        (out.forecast.square().mean() + out.contrastive).backward()
+        results.append((out.forecast.detach(), model.soft_prompt.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_the_prefix_is_not_shared_where_it_would_change_the_result():
+    bert = BalmModel(
+        BalmConfig(backbone="tiny-bert", llm_layers=2, seq_len=96, pred_len=24, d_ff=32), load_backbone("tiny-bert", 2)
+    )
+    assert not bert.shares_prefix(torch.tensor([30]))  # bidirectional: V sees the text
+    gpt = _model("left")
+    assert gpt.prompt_len == 3 and not gpt.shares_prefix(torch.tensor([30, 2]))  # shorter than P: [pad, V, text]
+    assert not _model("right").shares_prefix(torch.tensor([30]))  # the reference layout

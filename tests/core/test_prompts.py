@@ -71,3 +71,19 @@ def test_fewer_digits_mean_fewer_llm_tokens(etth1_path):
     short = build_prompt_tokens(data.train, backbone.tokenizer, decimals=2)
     full = build_prompt_tokens(data.train, backbone.tokenizer, decimals=None)
     assert short.lengths.float().mean() < 0.8 * full.lengths.float().mean()
+
+
+def test_the_compact_style_carries_the_same_statistics_in_fewer_tokens(etth1_path):
+    backbone = load_backbone("tiny-gpt2", 2)
+    data = load_data(BalmConfig(data_path=str(etth1_path), seq_len=96, pred_len=24, percent=5))
+    x, _, _ = normalise(data.train.inputs(torch.tensor([7])))
+    stats = window_statistics(x)
+    lags = " ".join(map(str, stats.lags[0].tolist()))
+    trend = "upward" if stats.upward[0] else "downward"
+    expected = (
+        f"min {stats.minimum[0]:.2f} max {stats.maximum[0]:.2f} median {stats.median[0]:.2f} trend {trend} lags {lags}"
+    )
+    assert prompt_texts(stats, 2, style="compact") == [expected]
+    compact = build_prompt_tokens(data.train, backbone.tokenizer, decimals=2, style="compact")
+    reference = build_prompt_tokens(data.train, backbone.tokenizer, decimals=2, style="reference")
+    assert compact.lengths.float().mean() < 0.6 * reference.lengths.float().mean()
