@@ -72,18 +72,38 @@ class Side:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", type=int, default=3, choices=range(1, len(CONFIGS) + 1),
-                   help="how many of the fixed configs to train (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=2, help="repeats of both sides; fastest and median printed "
-                                                          "(default: %(default)s)")
+    p.add_argument(
+        "--configs",
+        type=int,
+        default=3,
+        choices=range(1, len(CONFIGS) + 1),
+        help="how many of the fixed configs to train (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="repeats of both sides; fastest and median printed (default: %(default)s)",
+    )
     p.add_argument("--max-epochs", type=int, default=3, help="epochs per config (default: %(default)s)")
-    p.add_argument("--max-train-batches", type=int, default=30,
-                   help="training batches per epoch, sets the trial length (default: %(default)s)")
+    p.add_argument(
+        "--max-train-batches",
+        type=int,
+        default=30,
+        help="training batches per epoch, sets the trial length (default: %(default)s)",
+    )
     p.add_argument("--max-eval-batches", type=int, default=16, help="validation batches (default: %(default)s)")
-    p.add_argument("--cpus-per-trial", type=int, default=2,
-                   help="CPUs of a trial = torch threads on both sides (default: %(default)s)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 configs, 1 repeat, 1 epoch of 5 batches (too short for the 10%% target)")
+    p.add_argument(
+        "--cpus-per-trial",
+        type=int,
+        default=2,
+        help="CPUs of a trial = torch threads on both sides (default: %(default)s)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 configs, 1 repeat, 1 epoch of 5 batches (too short for the 10%% target)",
+    )
     args = p.parse_args()
     if args.quick:
         args.configs, args.repeats, args.max_epochs, args.max_train_batches, args.max_eval_batches = 2, 1, 1, 5, 4
@@ -93,9 +113,11 @@ def parse_args() -> argparse.Namespace:
 def make_space(args: argparse.Namespace) -> SearchSpace:
     """The default space with this benchmark's trial length and resources."""
     space = load_space().with_base_overrides(
-        {"max_train_batches": args.max_train_batches, "max_eval_batches": args.max_eval_batches})
-    return space.with_overrides(num_samples=args.configs, max_epochs=args.max_epochs,
-                                cpus_per_trial=float(args.cpus_per_trial))
+        {"max_train_batches": args.max_train_batches, "max_eval_batches": args.max_eval_batches}
+    )
+    return space.with_overrides(
+        num_samples=args.configs, max_epochs=args.max_epochs, cpus_per_trial=float(args.cpus_per_trial)
+    )
 
 
 # --- the two sides -----------------------------------------------------------------------------------
@@ -111,8 +133,9 @@ def run_direct(space: SearchSpace, data: ForecastData, configs: list[dict], thre
     for params in configs:
         config = space.base.with_overrides({**params, "epochs": space.max_epochs, "num_threads": threads})
         fit_started = time.perf_counter()
-        trainer = Trainer(config, data=data, backbone=backbone.cut(config.llm_layers), prompts=prompts,
-                          show_progress=False)
+        trainer = Trainer(
+            config, data=data, backbone=backbone.cut(config.llm_layers), prompts=prompts, show_progress=False
+        )
         result = trainer.fit()
         trial_s.append(time.perf_counter() - fit_started)
         best.append(result.best_val_mse)
@@ -132,19 +155,27 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
     inputs_s = time.perf_counter() - started
     search.init_ray(None, space)  # ray.init(address="local", ...): a private Ray, as balm_tune.search starts it
     ray_start_s = time.perf_counter() - started - inputs_s
-    trainable = tune.with_resources(tune.with_parameters(train_balm, shared=shared),
-                                    {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
+    )
     tuner = tune.Tuner(
         trainable,
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=[dict(c) for c in configs], max_concurrent=1),
-            metric="best_val_mse", mode="min", num_samples=len(configs), reuse_actors=True),
+            metric="best_val_mse",
+            mode="min",
+            num_samples=len(configs),
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=0,
+            name=name,
+            storage_path=str(storage),
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)]),
+            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)],
+        ),
     )
     fit_started = time.perf_counter()
     results = tuner.fit()
@@ -163,8 +194,14 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
     if any(m is None for m in ran) or len(by_config) != len(configs):
         raise RuntimeError(f"Tune ran other configs than the fixed ones: {sorted(by_config)}")
     parts = {"inputs": inputs_s, "ray start": ray_start_s, "Tuner.fit": fit_s, "ray shutdown": shutdown_s}
-    return Side(wall, parts, [m["time_total_s"] for m in ran], [m["best_val_mse"] for m in ran],
-                backbones.LOADS - loads_before, [int(m["backbone_loads"]) for m in ran])
+    return Side(
+        wall,
+        parts,
+        [m["time_total_s"] for m in ran],
+        [m["best_val_mse"] for m in ran],
+        backbones.LOADS - loads_before,
+        [int(m["backbone_loads"]) for m in ran],
+    )
 
 
 # --- report ----------------------------------------------------------------------------------------------
@@ -176,8 +213,10 @@ def print_report(direct: list[Side], tuned: list[Side], space: SearchSpace, conf
     """Headline: each side's fastest repeat (other jobs on the machine only ever add time); medians below."""
     k = len(configs)
     d, t = min(direct, key=lambda s: s.wall_s), min(tuned, key=lambda s: s.wall_s)
-    print(f"\n=== search overhead: {k} configs x {space.max_epochs} epochs, one trial at a time, "
-          f"{space.cpus_per_trial:g} CPUs/threads per trial, fastest of {len(direct)} repeat(s) per side ===")
+    print(
+        f"\n=== search overhead: {k} configs x {space.max_epochs} epochs, one trial at a time, "
+        f"{space.cpus_per_trial:g} CPUs/threads per trial, fastest of {len(direct)} repeat(s) per side ==="
+    )
     for side, best, runs in (("direct", d, direct), ("search", t, tuned)):
         parts = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in best.parts.items())
         walls = ", ".join(f"{r.wall_s:.1f}" for r in runs)
@@ -186,29 +225,46 @@ def print_report(direct: list[Side], tuned: list[Side], space: SearchSpace, conf
     overhead = (t.wall_s - d.wall_s) / k
     share = overhead / direct_trial
     print(f"ratio search / direct wall:       {t.wall_s / d.wall_s:.3f}")
-    print(f"mean trial time (direct fit()):   {direct_trial:.1f}s   (inside Ray, trial's time_total_s: "
-          f"{statistics.fmean(t.trial_s):.1f}s)")
+    print(
+        f"mean trial time (direct fit()):   {direct_trial:.1f}s   (inside Ray, trial's time_total_s: "
+        f"{statistics.fmean(t.trial_s):.1f}s)"
+    )
     verdict = "met" if share < 0.10 else "NOT met"
     length = "" if direct_trial >= 30 else " (trials are shorter than 30 s: the target does not apply)"
-    print(f"search overhead per trial:        {overhead:.1f}s = {100 * share:.1f}% of the mean trial time; "
-          f"target < 10%: {verdict}{length}")
+    print(
+        f"search overhead per trial:        {overhead:.1f}s = {100 * share:.1f}% of the mean trial time; "
+        f"target < 10%: {verdict}{length}"
+    )
     fixed = t.parts["inputs"] + t.parts["ray start"] + t.parts["ray shutdown"]
-    print(f"  of which once per search:       {fixed:.1f}s (inputs, Ray start and shutdown; direct inputs: "
-          f"{d.parts['inputs']:.1f}s)")
-    print(f"  and per trial inside fit():     {(t.parts['Tuner.fit'] - d.parts['trials']) / k:.1f}s "
-          f"(Tuner.fit() / K - direct fit() / K: worker start, inputs from the object store, checkpoints, reporting)")
+    print(
+        f"  of which once per search:       {fixed:.1f}s (inputs, Ray start and shutdown; direct inputs: "
+        f"{d.parts['inputs']:.1f}s)"
+    )
+    print(
+        f"  and per trial inside fit():     {(t.parts['Tuner.fit'] - d.parts['trials']) / k:.1f}s "
+        f"(Tuner.fit() / K - direct fit() / K: worker start, inputs from the object store, checkpoints, reporting)"
+    )
     median_ratio = median([s.wall_s for s in tuned]) / median([s.wall_s for s in direct])
     median_overhead = (median([s.wall_s for s in tuned]) - median([s.wall_s for s in direct])) / k
     median_trial = median([statistics.fmean(s.trial_s) for s in direct])
-    print(f"medians over repeats:             ratio {median_ratio:.3f}, overhead per trial {median_overhead:.1f}s = "
-          f"{100 * median_overhead / median_trial:.1f}% of {median_trial:.1f}s")
-    print(f"backbone loads per repeat:        direct {direct[-1].driver_loads} (this process); search "
-          f"{tuned[-1].driver_loads} in the driver + {sum(tuned[-1].trial_loads)} in {k} trial processes "
-          f"(per trial: {tuned[-1].trial_loads})")
-    gaps = [abs(a - b) for dr, tr in zip(direct, tuned, strict=True)
-            for a, b in zip(dr.best_val_mse, tr.best_val_mse, strict=True)]
-    print("best val mse per config (direct | search, last repeat): " + "; ".join(
-        f"{a:.6f} | {b:.6f}" for a, b in zip(direct[-1].best_val_mse, tuned[-1].best_val_mse, strict=True)))
+    print(
+        f"medians over repeats:             ratio {median_ratio:.3f}, overhead per trial {median_overhead:.1f}s = "
+        f"{100 * median_overhead / median_trial:.1f}% of {median_trial:.1f}s"
+    )
+    print(
+        f"backbone loads per repeat:        direct {direct[-1].driver_loads} (this process); search "
+        f"{tuned[-1].driver_loads} in the driver + {sum(tuned[-1].trial_loads)} in {k} trial processes "
+        f"(per trial: {tuned[-1].trial_loads})"
+    )
+    gaps = [
+        abs(a - b)
+        for dr, tr in zip(direct, tuned, strict=True)
+        for a, b in zip(dr.best_val_mse, tr.best_val_mse, strict=True)
+    ]
+    print(
+        "best val mse per config (direct | search, last repeat): "
+        + "; ".join(f"{a:.6f} | {b:.6f}" for a, b in zip(direct[-1].best_val_mse, tuned[-1].best_val_mse, strict=True))
+    )
     print(f"same training on both sides: max |difference| of best val mse = {max(gaps):.2e}")
 
 
@@ -222,9 +278,12 @@ def main() -> int:
             inside = value in dist.values if dist.kind == "choice" else dist.low <= value <= dist.high
             assert inside, f"{key}={value} is outside the default space's {dist}"
     data = preflight(space.base)
-    print(f"default space {space.path.name}: {args.configs} configs x {args.max_epochs} epochs of "
-          f"{args.max_train_batches} batches (+ {args.max_eval_batches} validation batches), "
-          f"{args.cpus_per_trial} threads, {args.repeats} repeat(s)", flush=True)
+    print(
+        f"default space {space.path.name}: {args.configs} configs x {args.max_epochs} epochs of "
+        f"{args.max_train_batches} batches (+ {args.max_eval_batches} validation batches), "
+        f"{args.cpus_per_trial} threads, {args.repeats} repeat(s)",
+        flush=True,
+    )
     # warm-up outside both sides: the OS file cache of the weights and the disk cache of the prompt token ids
     build_prompts(space.base, data, backbones.load_backbone(space.base.backbone, space.base.llm_layers))
     direct, tuned = [], []
@@ -240,8 +299,10 @@ def main() -> int:
                     tuned.append(run_search(space, data, configs, Path(storage), f"repeat{repeat}"))
                     print(f"  search {tuned[-1].wall_s:.1f}s", flush=True)
     print_report(direct, tuned, space, configs)
-    print(f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"on {os.cpu_count()} CPUs (other jobs on the machine inflate the times)")
+    print(
+        f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"on {os.cpu_count()} CPUs (other jobs on the machine inflate the times)"
+    )
     return 0 if all(math.isfinite(v) for s in direct + tuned for v in s.best_val_mse) else 1
 
 

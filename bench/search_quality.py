@@ -56,11 +56,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds (default: 0 1 2)")
     p.add_argument("--num-samples", type=int, default=12, help="trials of the Optuna+ASHA arm (default: %(default)s)")
     p.add_argument("--max-epochs", type=int, default=4, help="epochs of an unpruned trial (default: %(default)s)")
-    p.add_argument("--max-train-batches", type=int, default=8,
-                   help="training batches per epoch (default: %(default)s)")
+    p.add_argument("--max-train-batches", type=int, default=8, help="training batches per epoch (default: %(default)s)")
     p.add_argument("--max-eval-batches", type=int, default=6, help="validation batches (default: %(default)s)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0,
-                   help="CPUs per trial; 1 runs 2 trials at once on 2 cores (default: %(default)s)")
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        help="CPUs per trial; 1 runs 2 trials at once on 2 cores (default: %(default)s)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: seed 0, 4 trials of up to 2 epochs of 3 batches")
     args = p.parse_args()
     if args.quick:
@@ -71,9 +74,11 @@ def parse_args() -> argparse.Namespace:
 def make_space(args: argparse.Namespace) -> SearchSpace:
     """The default space (distributions, ASHA settings) with this benchmark's budget and trial length."""
     space = load_space().with_base_overrides(
-        {"max_train_batches": args.max_train_batches, "max_eval_batches": args.max_eval_batches})
-    return space.with_overrides(num_samples=args.num_samples, max_epochs=args.max_epochs,
-                                cpus_per_trial=args.cpus_per_trial)
+        {"max_train_batches": args.max_train_batches, "max_eval_batches": args.max_eval_batches}
+    )
+    return space.with_overrides(
+        num_samples=args.num_samples, max_epochs=args.max_epochs, cpus_per_trial=args.cpus_per_trial
+    )
 
 
 def summarise(results, max_epochs: int, wall_s: float) -> ArmResult:
@@ -93,8 +98,9 @@ def summarise(results, max_epochs: int, wall_s: float) -> ArmResult:
 def run_optuna_asha(space: SearchSpace, shared: SharedInputs, storage: Path, concurrent: int) -> ArmResult:
     """balm_tune.search's own Tuner (TPE seeded with space.seed, ASHA)."""
     started = time.perf_counter()
-    results = search.make_tuner(space, shared, storage / f"optuna-asha-seed{space.seed}", concurrent,
-                                resume=False).fit()
+    results = search.make_tuner(
+        space, shared, storage / f"optuna-asha-seed{space.seed}", concurrent, resume=False
+    ).fit()
     return summarise(results, space.max_epochs, time.perf_counter() - started)
 
 
@@ -104,19 +110,27 @@ def run_random(space: SearchSpace, shared: SharedInputs, storage: Path, concurre
     from ray.tune.search import BasicVariantGenerator
 
     started = time.perf_counter()
-    trainable = tune.with_resources(tune.with_parameters(train_balm, shared=shared),
-                                    {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
+    )
     tuner = tune.Tuner(
         trainable,
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(random_state=space.seed, max_concurrent=min(concurrent, trials)),
-            metric="best_val_mse", mode="min", num_samples=trials, reuse_actors=True),
+            metric="best_val_mse",
+            mode="min",
+            num_samples=trials,
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(
-            name=f"random-seed{space.seed}", storage_path=str(storage), verbose=0,
+            name=f"random-seed{space.seed}",
+            storage_path=str(storage),
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TrialLines(space.max_epochs, space.base.patience)]),
+            callbacks=[TrialLines(space.max_epochs, space.base.patience)],
+        ),
     )
     return summarise(tuner.fit(), space.max_epochs, time.perf_counter() - started)
 
@@ -124,29 +138,43 @@ def run_random(space: SearchSpace, shared: SharedInputs, storage: Path, concurre
 # --- report ----------------------------------------------------------------------------------------------
 def row(label: str, a: ArmResult, b: ArmResult) -> str:
     better = "optuna+asha" if a.best_val_mse < b.best_val_mse else "random" if b.best_val_mse < a.best_val_mse else "-"
-    return (f"{label:>6s}  {a.best_val_mse:12.6f} {b.best_val_mse:12.6f}  {a.epochs:6d} {b.epochs:6d}  "
-            f"{a.trials:3d} ({a.stopped_early:2d} early) {b.trials:3d} ({b.stopped_early:2d} early)  "
-            f"{a.wall_s:6.0f} {b.wall_s:6.0f}  {better}")
+    return (
+        f"{label:>6s}  {a.best_val_mse:12.6f} {b.best_val_mse:12.6f}  {a.epochs:6d} {b.epochs:6d}  "
+        f"{a.trials:3d} ({a.stopped_early:2d} early) {b.trials:3d} ({b.stopped_early:2d} early)  "
+        f"{a.wall_s:6.0f} {b.wall_s:6.0f}  {better}"
+    )
 
 
 def print_report(seeds: list[int], arms: list[tuple[ArmResult, ArmResult]], space: SearchSpace) -> None:
-    print(f"\n=== search quality on the default space: trials of up to {space.max_epochs} epochs x "
-          f"{space.base.max_train_batches} batches, validation on {space.base.max_eval_batches} batches, "
-          f"ASHA grace {space.grace_period} / reduction {space.reduction_factor:g} ===")
+    print(
+        f"\n=== search quality on the default space: trials of up to {space.max_epochs} epochs x "
+        f"{space.base.max_train_batches} batches, validation on {space.base.max_eval_batches} batches, "
+        f"ASHA grace {space.grace_period} / reduction {space.reduction_factor:g} ==="
+    )
     print(f"{'seed':>6s}  {'best val mse':>25s}  {'epochs':>13s}  {'trials':>31s}  {'wall s':>13s}  better")
-    print(f"{'':6s}  {'optuna+asha':>12s} {'random':>12s}  {'o+a':>6s} {'random':>6s}  "
-          f"{'optuna+asha':>15s} {'random':>15s}  {'o+a':>6s} {'random':>6s}")
+    print(
+        f"{'':6s}  {'optuna+asha':>12s} {'random':>12s}  {'o+a':>6s} {'random':>6s}  "
+        f"{'optuna+asha':>15s} {'random':>15s}  {'o+a':>6s} {'random':>6s}"
+    )
     for seed, (a, b) in zip(seeds, arms, strict=True):
         print(row(str(seed), a, b))
-    mean = [ArmResult(statistics.fmean(r.best_val_mse for r in runs), round(statistics.fmean(r.epochs for r in runs)),
-                      round(statistics.fmean(r.trials for r in runs)),
-                      round(statistics.fmean(r.stopped_early for r in runs)), statistics.fmean(r.wall_s for r in runs))
-            for runs in zip(*arms, strict=True)]
+    mean = [
+        ArmResult(
+            statistics.fmean(r.best_val_mse for r in runs),
+            round(statistics.fmean(r.epochs for r in runs)),
+            round(statistics.fmean(r.trials for r in runs)),
+            round(statistics.fmean(r.stopped_early for r in runs)),
+            statistics.fmean(r.wall_s for r in runs),
+        )
+        for runs in zip(*arms, strict=True)
+    ]
     print(row("mean", *mean))
     wins = sum(a.best_val_mse < b.best_val_mse for a, b in arms)
-    print(f"optuna+asha better on {wins} of {len(arms)} seeds; mean best val mse {mean[0].best_val_mse:.6f} "
-          f"(optuna+asha) vs {mean[1].best_val_mse:.6f} (random), difference "
-          f"{100 * (mean[0].best_val_mse / mean[1].best_val_mse - 1):+.2f}%")
+    print(
+        f"optuna+asha better on {wins} of {len(arms)} seeds; mean best val mse {mean[0].best_val_mse:.6f} "
+        f"(optuna+asha) vs {mean[1].best_val_mse:.6f} (random), difference "
+        f"{100 * (mean[0].best_val_mse / mean[1].best_val_mse - 1):+.2f}%"
+    )
 
 
 def main() -> int:
@@ -155,9 +183,11 @@ def main() -> int:
     args = parse_args()
     space = make_space(args)
     data = preflight(space.base)
-    print(f"default space {space.path.name}: seeds {args.seeds}; optuna+asha {args.num_samples} trials of up to "
-          f"{args.max_epochs} epochs x {args.max_train_batches} batches; {args.cpus_per_trial:g} CPU per trial",
-          flush=True)
+    print(
+        f"default space {space.path.name}: seeds {args.seeds}; optuna+asha {args.num_samples} trials of up to "
+        f"{args.max_epochs} epochs x {args.max_train_batches} batches; {args.cpus_per_trial:g} CPU per trial",
+        flush=True,
+    )
     shared = build_shared(space, data)
     arms = []
     try:
@@ -173,8 +203,10 @@ def main() -> int:
     finally:
         ray.shutdown()
     print_report(args.seeds, arms, space)
-    print(f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"on {os.cpu_count()} CPUs (other jobs on the machine inflate the times)")
+    print(
+        f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"on {os.cpu_count()} CPUs (other jobs on the machine inflate the times)"
+    )
     return 0
 
 

@@ -13,13 +13,16 @@ Two settings (DESIGN.md sections 2, 3):
   quickstart  core.config.quickstart(): SmolLM2-135M cut to 1 layer, T=96, batch 32
 
 Two modes of the same code (DESIGN.md 3b):
-  default     the project defaults (prompt_decimals 2, left padding + mask, LLM dropout off, sdpa)
-  reference   prompt_decimals None (full float repr), padding 'right' (no mask), llm_dropout True, eager
+  default     the project defaults (compact prompt, 2 decimals, left padding + mask, LLM dropout off, sdpa,
+              the learnable prefix computed once per batch)
+  reference   the paper's prompt wording with full float repr, padding 'right' (no mask), llm_dropout True,
+              eager attention, the prefix computed for every row (as the official code)
 
 For each setting and mode it prints the median training step (forward with the contrastive term, backward,
 Adam step, as Trainer.train_epoch) and inference (eval forward under no_grad) over the same random batches,
 measured interleaved (default, reference, default, ...) so that machine noise hits both modes; samples/s;
-LLM positions per sample (P learnable prompt positions + the batch's padded token length); and the share of
+LLM positions per sample (the batch's padded token length + P learnable prompt positions, divided by the
+batch size where the prefix is computed once per batch); and the share of
 the training step spent outside the frozen LLM's forward and backward. Then a few-shot ETTh1 check
 (percent 10) trains both modes from the same seed and prints their validation MSE next to the
 repeat-last-value baseline.
@@ -44,15 +47,30 @@ from core.train import Trainer, eval_index, naive_metrics
 
 MODES = {
     "default": {},  # the project's defaults, whatever core.config says they are
-    "reference": {"prompt_decimals": None, "padding": "right", "llm_dropout": True, "attn_implementation": "eager"},
+    "reference": {
+        "prompt_style": "reference",
+        "prompt_decimals": None,
+        "padding": "right",
+        "llm_dropout": True,
+        "attn_implementation": "eager",
+        "share_prefix": False,
+    },
 }
 FEWSHOT = {"percent": 10.0, "epochs": 3, "max_train_batches": 30, "max_eval_batches": 16}
 
 
 def paper_config() -> BalmConfig:
     """The paper's ETTh1 shape with the benchmark backbone (DESIGN.md section 3, last paragraph)."""
-    return BalmConfig(data_path="embedded:ETTh1", seq_len=512, pred_len=96, batch_size=24, backbone="gpt2-random",
-                      llm_layers=6, d_model=32, d_ff=128).validate()
+    return BalmConfig(
+        data_path="embedded:ETTh1",
+        seq_len=512,
+        pred_len=96,
+        batch_size=24,
+        backbone="gpt2-random",
+        llm_layers=6,
+        d_model=32,
+        d_ff=128,
+    ).validate()
 
 
 SETTINGS = {"paper": paper_config, "quickstart": quickstart}
@@ -71,8 +89,10 @@ class LLMClock:
     def __init__(self, llm: nn.Module):
         self.forward_s = self.backward_s = 0.0
         self._started = self._grad_out_at = 0.0
-        self._handles = [llm.register_forward_pre_hook(self._before, with_kwargs=True),
-                         llm.register_forward_hook(self._after)]
+        self._handles = [
+            llm.register_forward_pre_hook(self._before, with_kwargs=True),
+            llm.register_forward_hook(self._after),
+        ]
 
     def reset(self) -> None:
         self.forward_s = self.backward_s = 0.0
@@ -110,7 +130,7 @@ class Samples:
     step_s: list[float] = field(default_factory=list)
     infer_s: list[float] = field(default_factory=list)
     llm_s: list[float] = field(default_factory=list)  # LLM forward + backward within each step
-    positions: list[int] = field(default_factory=list)  # P + padded token length of the batch
+    positions: list[float] = field(default_factory=list)  # padded token length + P (or P / batch)
     prompt_tokens: list[float] = field(default_factory=list)  # mean unpadded prompt tokens of the batch
 
 
@@ -140,7 +160,8 @@ def train_step(trainer: Trainer, index: torch.Tensor, clock: LLMClock, samples: 
     trainer.optimizer.step()
     samples.step_s.append(time.perf_counter() - started)
     samples.llm_s.append(clock.total_s)
-    samples.positions.append(trainer.model.prompt_len + ids.shape[1])
+    shared = trainer.model.shares_prefix(lengths)  # then V's P positions run once for the whole batch
+    samples.positions.append(ids.shape[1] + trainer.model.prompt_len / (len(index) if shared else 1))
     samples.prompt_tokens.append(lengths.float().mean().item())
 
 
@@ -190,8 +211,10 @@ def profile_setting(base: BalmConfig, steps: int, seed: int, rows: int) -> None:
         trainer = build_trainer(config, load_backbone(config.backbone, config.llm_layers, config.attn_implementation))
         clock = LLMClock(trainer.model.llm)
         generator = torch.Generator().manual_seed(seed)
-        batches = [torch.randperm(len(trainer.windows["train"]), generator=generator)[: base.batch_size]
-                   for _ in range(steps + 1)]
+        batches = [
+            torch.randperm(len(trainer.windows["train"]), generator=generator)[: base.batch_size]
+            for _ in range(steps + 1)
+        ]
         train_step(trainer, batches[0], clock, Samples())  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for index in batches[1:]:
@@ -213,8 +236,7 @@ def fewshot(base: BalmConfig) -> dict[str, float]:
         results[f"{mode}_s"] = time.perf_counter() - started
         if "naive" not in results:
             val = trainer.windows["val"]
-            results["naive"] = naive_metrics(val, eval_index(len(val), config.batch_size,
-                                                             config.max_eval_batches)).mse
+            results["naive"] = naive_metrics(val, eval_index(len(val), config.batch_size, config.max_eval_batches)).mse
     return results
 
 
@@ -224,22 +246,28 @@ def median(values: list[float]) -> float:
 
 
 def print_table(timings: dict[str, dict[str, tuple[Samples, int, str]]]) -> None:
-    header = (f"{'setting':<11} {'mode':<10} {'attention':<9} {'step (s)':>9} {'infer (s)':>9} {'train/s':>8} "
-              f"{'infer/s':>8} {'LLM pos':>8} {'prompt tok':>10} {'outside LLM':>11}")
+    header = (
+        f"{'setting':<11} {'mode':<10} {'attention':<9} {'step (s)':>9} {'infer (s)':>9} {'train/s':>8} "
+        f"{'infer/s':>8} {'LLM pos':>8} {'prompt tok':>10} {'outside LLM':>11}"
+    )
     print(header)
     print("-" * len(header))
     for setting, modes in timings.items():
         for mode, (s, batch, attention) in modes.items():
             step, infer = median(s.step_s), median(s.infer_s)
             outside = median([1 - llm / total for llm, total in zip(s.llm_s, s.step_s, strict=True)])
-            print(f"{setting:<11} {mode:<10} {attention:<9} {step:>9.3f} {infer:>9.3f} {batch / step:>8.1f} "
-                  f"{batch / infer:>8.1f} {statistics.mean(s.positions):>8.1f} "
-                  f"{statistics.mean(s.prompt_tokens):>10.1f} {outside:>10.1%}")
+            print(
+                f"{setting:<11} {mode:<10} {attention:<9} {step:>9.3f} {infer:>9.3f} {batch / step:>8.1f} "
+                f"{batch / infer:>8.1f} {statistics.mean(s.positions):>8.1f} "
+                f"{statistics.mean(s.prompt_tokens):>10.1f} {outside:>10.1%}"
+            )
         default, reference = modes["default"][0], modes["reference"][0]
         step_ratio = median(reference.step_s) / median(default.step_s)
         infer_ratio = median(reference.infer_s) / median(default.infer_s)
-        print(f"{setting:<11} {'ratio':<10} {'':<9} {step_ratio:>8.2f}x {infer_ratio:>8.2f}x   "
-              f"(reference / default; target for the training step: >= 2.5x)")
+        print(
+            f"{setting:<11} {'ratio':<10} {'':<9} {step_ratio:>8.2f}x {infer_ratio:>8.2f}x   "
+            f"(reference / default; target for the training step: >= 2.5x)"
+        )
 
 
 def main() -> None:
@@ -247,12 +275,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15, help="timed steps per mode and setting (default 15)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first (default 2)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--fewshot-settings", nargs="*", choices=list(SETTINGS), default=["quickstart"],
-                        help="settings of the few-shot MSE check (default: quickstart; paper adds about 10 minutes)")
+    parser.add_argument(
+        "--fewshot-settings",
+        nargs="*",
+        choices=list(SETTINGS),
+        default=["quickstart"],
+        help="settings of the few-shot MSE check (default: quickstart; paper adds about 10 minutes)",
+    )
     parser.add_argument("--no-fewshot", action="store_true", help="skip the few-shot check")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler top ops per mode")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 steps, 1 warm-up, few-shot with 1 epoch x 3 batches, 2 eval batches")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 3 steps, 1 warm-up, few-shot with 1 epoch x 3 batches, 2 eval batches",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random timing batches")
     args = parser.parse_args()
     if args.quick:
@@ -260,20 +296,26 @@ def main() -> None:
         FEWSHOT.update(epochs=1, max_train_batches=3, max_eval_batches=2)
     fewshot_settings = [] if args.no_fewshot else args.fewshot_settings
 
-    print(f"machine: {platform.machine()}, os.cpu_count() = {os.cpu_count()}, torch threads = "
-          f"{torch.get_num_threads()}, torch {torch.__version__}")
+    print(
+        f"machine: {platform.machine()}, os.cpu_count() = {os.cpu_count()}, torch threads = "
+        f"{torch.get_num_threads()}, torch {torch.__version__}"
+    )
     print(f"modes: default = project defaults; reference = {MODES['reference']}")
-    print(f"timing: median over {args.steps} steps after {args.warmup} warm-up steps per mode, modes interleaved, "
-          f"same random training batches for both modes")
+    print(
+        f"timing: median over {args.steps} steps after {args.warmup} warm-up steps per mode, modes interleaved, "
+        f"same random training batches for both modes"
+    )
     print("share outside LLM: 1 - (frozen LLM forward + backward wall time, from module and tensor hooks) / step time")
     started = time.perf_counter()
 
     timings = {}
     for setting in args.settings:
         base = SETTINGS[setting]()
-        print(f"\n[{setting}] T={base.seq_len} H={base.pred_len} batch={base.batch_size} backbone={base.backbone} "
-              f"layers={base.llm_layers} d_model={base.d_model} d_ff={base.d_ff} P={base.resolved_prompt_len}",
-              flush=True)
+        print(
+            f"\n[{setting}] T={base.seq_len} H={base.pred_len} batch={base.batch_size} backbone={base.backbone} "
+            f"layers={base.llm_layers} d_model={base.d_model} d_ff={base.d_ff} P={base.resolved_prompt_len}",
+            flush=True,
+        )
         timings[setting] = time_setting(base, args.steps, args.warmup, args.seed)
         print(f"[{setting}] timed in {time.perf_counter() - started:.0f} s", flush=True)
         if args.profile:
@@ -285,16 +327,22 @@ def main() -> None:
         fewshot_results[setting] = fewshot(SETTINGS[setting]())
         print(f"[{setting}] done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    print("\n=== step and inference time (medians; train/s and infer/s are samples per second; LLM pos: positions "
-          "per sample = P + padded prompt tokens; prompt tok: mean unpadded prompt tokens) ===")
+    print(
+        "\n=== step and inference time (medians; train/s and infer/s are samples per second; LLM pos: positions "
+        "per sample = P + padded prompt tokens; prompt tok: mean unpadded prompt tokens) ==="
+    )
     print_table(timings)
     if fewshot_results:
-        print(f"\n=== few-shot ETTh1 check (percent {FEWSHOT['percent']:g}, {FEWSHOT['epochs']} epochs x "
-              f"{FEWSHOT['max_train_batches']} batches, validation on {FEWSHOT['max_eval_batches']} evenly spaced "
-              f"batches; best validation MSE) ===")
+        print(
+            f"\n=== few-shot ETTh1 check (percent {FEWSHOT['percent']:g}, {FEWSHOT['epochs']} epochs x "
+            f"{FEWSHOT['max_train_batches']} batches, validation on {FEWSHOT['max_eval_batches']} evenly spaced "
+            f"batches; best validation MSE) ==="
+        )
         for setting, r in fewshot_results.items():
-            print(f"{setting:<11} default {r['default']:.4f} ({r['default_s']:.0f} s)   reference {r['reference']:.4f} "
-                  f"({r['reference_s']:.0f} s)   repeat-last-value {r['naive']:.4f}")
+            print(
+                f"{setting:<11} default {r['default']:.4f} ({r['default_s']:.0f} s)   reference {r['reference']:.4f} "
+                f"({r['reference_s']:.0f} s)   repeat-last-value {r['naive']:.4f}"
+            )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
