@@ -194,7 +194,7 @@ def quickstart() -> BalmConfig:
         learning_rate=0.002,
         epochs=5,
         patience=3,
-        max_train_batches=30,
+        max_train_batches=40,
         max_eval_batches=16,
     ).validate()
 
