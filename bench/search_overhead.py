@@ -89,7 +89,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--max-train-batches",
         type=int,
-        default=30,
+        default=80,
         help="training batches per epoch, sets the trial length (default: %(default)s)",
     )
     p.add_argument("--max-eval-batches", type=int, default=16, help="validation batches (default: %(default)s)")
