@@ -139,11 +139,9 @@ def make_tuner(space: SearchSpace, shared, experiment: Path, concurrent: int, re
     from ray.tune.search.optuna import OptunaSearch
 
     from balm_tune.callbacks import TensorBoard, TrialLines
-    from balm_tune.trainable import train_balm
+    from balm_tune.trainable import trial_trainable
 
-    trainable = tune.with_resources(
-        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
-    )
+    trainable = trial_trainable(shared)
     if resume:
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -180,13 +178,11 @@ def run_final_seeds(space: SearchSpace, shared, experiment: Path, params: dict, 
 
     from ray import tune
 
-    from balm_tune.trainable import train_balm
+    from balm_tune.trainable import trial_trainable
 
     seeds = [space.base.seed + i for i in range(1, n + 1)]
     shared = dataclasses.replace(shared, evaluate_test=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
-    )
+    trainable = trial_trainable(shared)
     grid = tune.Tuner(
         trainable,
         param_space={**params, "seed": tune.grid_search(seeds)},

@@ -62,6 +62,12 @@ def build_shared(space: SearchSpace, data: ForecastData) -> SharedInputs:
     return SharedInputs(space, data, backbone, build_prompts(space.base, data, backbone))
 
 
+def trial_trainable(shared: SharedInputs):
+    """`train_balm` with the shared inputs bound (object store) and the space's per-trial resources."""
+    resources = {"cpu": shared.space.cpus_per_trial, "gpu": shared.space.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(train_balm, shared=shared), resources)
+
+
 def train_balm(params: dict, shared: SharedInputs) -> None:
     """Train one trial; resumes from Tune's checkpoint after a crash; reports after every epoch."""
     trainer = shared.trainer(params)

@@ -44,7 +44,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import balm_tune.search as search  # noqa: E402  (sets the search's Tune environment defaults on import)
 from balm_tune.callbacks import TensorBoard, TrialLines  # noqa: E402
 from balm_tune.space import SearchSpace, load_space  # noqa: E402
-from balm_tune.trainable import build_shared, train_balm  # noqa: E402
+from balm_tune.trainable import build_shared, trial_trainable  # noqa: E402
 from core import backbones  # noqa: E402
 from core.data import ForecastData  # noqa: E402
 from core.train import Trainer, build_prompts, preflight  # noqa: E402
@@ -155,9 +155,7 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
     inputs_s = time.perf_counter() - started
     search.init_ray(None, space)  # ray.init(address="local", ...): a private Ray, as balm_tune.search starts it
     ray_start_s = time.perf_counter() - started - inputs_s
-    trainable = tune.with_resources(
-        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
-    )
+    trainable = trial_trainable(shared)
     tuner = tune.Tuner(
         trainable,
         param_space=space.param_space(),

@@ -38,7 +38,7 @@ from pathlib import Path
 import balm_tune.search as search  # sets the search's Tune environment defaults on import
 from balm_tune.callbacks import TrialLines
 from balm_tune.space import SearchSpace, load_space
-from balm_tune.trainable import SharedInputs, build_shared, train_balm
+from balm_tune.trainable import SharedInputs, build_shared, trial_trainable
 from core.train import preflight
 
 
@@ -110,9 +110,7 @@ def run_random(space: SearchSpace, shared: SharedInputs, storage: Path, concurre
     from ray.tune.search import BasicVariantGenerator
 
     started = time.perf_counter()
-    trainable = tune.with_resources(
-        tune.with_parameters(train_balm, shared=shared), {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
-    )
+    trainable = trial_trainable(shared)
     tuner = tune.Tuner(
         trainable,
         param_space=space.param_space(),
