@@ -118,7 +118,10 @@ def init_ray(address: str | None, space: SearchSpace) -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray >= 2.59 clusters use token authentication
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)  # a private local Ray
+        # a private local Ray; its trial workers at normal priority (Ray's default niceness 15 lets the
+        # driver and Ray's own daemons take CPU from the trials on a small machine)
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     resources = ray.cluster_resources()
     fits = resources.get("CPU", 0) / space.cpus_per_trial
     if space.gpus_per_trial:
