@@ -80,7 +80,9 @@ def test_a_search_on_a_two_node_cluster_places_trials_on_both_nodes(ray_nodes, t
     start, env = ray_nodes
     start("--num-cpus=1", '--resources={"head_node": 1}')
     start("--num-cpus=1", '--resources={"worker_node": 1}')
-    trials = _search(tmp_path, env, budget={"num_samples": 4, "max_epochs": 2}, base={"max_train_batches": 20})
+    # trials long enough that the second node starts one before the first node has run them all
+    space = {"budget": {"num_samples": 4, "max_epochs": 3}, "base": {"max_train_batches": 150, "percent": 100}}
+    trials = _search(tmp_path, env, **space)
     assert len(trials) == 4
     assert len({results[0]["node_id"] for results in trials}) == 2
 
@@ -94,7 +96,7 @@ def test_half_a_gpu_per_trial_runs_eight_trials_at_once_on_four_gpus(ray_nodes, 
         "--gpus-per-trial",
         "0.5",
         budget={"num_samples": 8, "max_epochs": 2},
-        base={"max_train_batches": 25},
+        base={"max_train_batches": 100, "percent": 100},
     )
     assert len(trials) == 8
     spans = [(r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"]) for r in trials]
