@@ -1,19 +1,23 @@
-"""Shared test fixtures: the real data files beside the project and small real configs."""
+"""Shared test fixtures: the ETTh1 file embedded in the package and small real configs.
+
+Tests need nothing outside the repository: the real ETTh1 ships as core/datasets/ETTh1.csv, and
+small purpose-made files live in tests/data/.
+"""
 
 from pathlib import Path
 
 import pytest
 
 from core.config import BalmConfig
+from core.data import EMBEDDED
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ETTH1 = EMBEDDED["ETTh1"]  # the unmodified ETDataset file (sha256 checked in tests/core/test_data.py)
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def etth1_path() -> Path:
-    path = SHARED_DATA / "ETTh1.csv"
-    assert path.is_file(), f"tests need ../shared/data beside the project ({path})"
-    return path
+    return ETTH1
 
 
 @pytest.fixture
@@ -70,7 +74,7 @@ def write_tiny_space(folder: Path, **sections) -> Path:
     import yaml
 
     space = copy.deepcopy(TINY_SPACE)
-    space["base"]["data_path"] = str(SHARED_DATA / "ETTh1.csv")
+    space["base"]["data_path"] = str(ETTH1)
     for key, value in sections.items():
         space[key] = {**space[key], **value} if isinstance(value, dict) and isinstance(space.get(key), dict) else value
     path = folder / "space.yaml"
