@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from core.config import BalmConfig, ConfigError
+from core.errors import BalmError
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 SECTIONS = {
@@ -56,7 +57,7 @@ NOT_SEARCHABLE = {
 KINDS = ("int", "float", "log_float", "choice")
 
 
-class SpaceError(ValueError):
+class SpaceError(BalmError, ValueError):
     """A bad search space; the message names the file and the key."""
 
 

@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.backbones import BackboneError
-from core.config import BalmConfig, ConfigError, parse_set_args, quickstart
-from core.data import DataError
+from core.config import BalmConfig, parse_set_args, quickstart
+from core.errors import BalmError
 from core.train import EpochReport, Trainer, eval_index, naive_metrics, preflight, provenance
 
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.set)
         preflight(config)  # every cheap check before the backbone is loaded
-    except (ConfigError, DataError, BackboneError) as err:
+    except BalmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))

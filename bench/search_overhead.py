@@ -41,8 +41,9 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-import balm_tune.search as search  # noqa: E402  (sets the search's Tune environment defaults on import)
+import balm_tune.api  # noqa: E402, F401  (sets the search's Tune environment defaults on import)
 from balm_tune.callbacks import TensorBoard, TrialLines  # noqa: E402
+from balm_tune.cluster import init_ray  # noqa: E402
 from balm_tune.space import SearchSpace, load_space  # noqa: E402
 from balm_tune.trainable import build_shared, trial_trainable  # noqa: E402
 from core import backbones  # noqa: E402
@@ -153,7 +154,7 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
     started = time.perf_counter()
     shared = build_shared(space, data)
     inputs_s = time.perf_counter() - started
-    search.init_ray(None, space)  # ray.init(address="local", ...): a private Ray, as balm_tune.search starts it
+    init_ray(None, space)  # ray.init(address="local", ...): a private Ray, as balm_tune.search starts it
     ray_start_s = time.perf_counter() - started - inputs_s
     trainable = trial_trainable(shared)
     tuner = tune.Tuner(

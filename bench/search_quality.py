@@ -8,7 +8,7 @@ Run from the repository root (2 CPU cores: about 12 minutes; take the lock so ot
     python bench/search_quality.py --seeds 0 1 2 3 4 --num-samples 16 --max-train-batches 20
 
 For each seed:
-  optuna+asha  the search exactly as balm_tune.search builds it (balm_tune.search.make_tuner: OptunaSearch with
+  optuna+asha  the search exactly as balm_tune.search builds it (balm_tune.tuner.make_tuner: OptunaSearch with
                TPESampler(seed), ASHAScheduler with the space's grace period and reduction factor), --num-samples
                trials of up to --max-epochs epochs. Its budget B = the epochs its trials actually trained
                (ASHA stops most trials early).
@@ -35,10 +35,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import balm_tune.search as search  # sets the search's Tune environment defaults on import
+import balm_tune.api  # noqa: F401  (sets the search's Tune environment defaults on import)
 from balm_tune.callbacks import TrialLines
+from balm_tune.cluster import init_ray
 from balm_tune.space import SearchSpace, load_space
 from balm_tune.trainable import SharedInputs, build_shared, trial_trainable
+from balm_tune.tuner import make_tuner
 from core.train import preflight
 
 
@@ -98,9 +100,7 @@ def summarise(results, max_epochs: int, wall_s: float) -> ArmResult:
 def run_optuna_asha(space: SearchSpace, shared: SharedInputs, storage: Path, concurrent: int) -> ArmResult:
     """balm_tune.search's own Tuner (TPE seeded with space.seed, ASHA)."""
     started = time.perf_counter()
-    results = search.make_tuner(
-        space, shared, storage / f"optuna-asha-seed{space.seed}", concurrent, resume=False
-    ).fit()
+    results = make_tuner(space, shared, storage / f"optuna-asha-seed{space.seed}", concurrent, resume=False).fit()
     return summarise(results, space.max_epochs, time.perf_counter() - started)
 
 
@@ -189,7 +189,7 @@ def main() -> int:
     shared = build_shared(space, data)
     arms = []
     try:
-        concurrent = search.init_ray(None, space)  # ray.init(address="local", ...): a private local Ray
+        concurrent = init_ray(None, space)  # ray.init(address="local", ...): a private local Ray
         with tempfile.TemporaryDirectory(prefix="search_quality-") as folder:
             for seed in args.seeds:
                 seeded = space.with_overrides(seed=seed)

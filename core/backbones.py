@@ -39,6 +39,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from core.errors import BalmError
 from core.prompts import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,7 +53,7 @@ BLOCKS = {"GPT2Model": "h", "LlamaModel": "layers", "BertModel": "encoder.layer"
 LOADS = 0  # backbones loaded by this process (the search reports it to show they are built once)
 
 
-class BackboneError(ValueError):
+class BackboneError(BalmError, ValueError):
     """A backbone that cannot be loaded here; the message says how to get it."""
 
 

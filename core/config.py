@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from core.errors import BalmError
 
-class ConfigError(ValueError):
+
+class ConfigError(BalmError, ValueError):
     """A bad config key or value; the message names it and says what was expected."""
 
 

@@ -19,12 +19,13 @@ import pandas as pd
 import torch
 
 from core.config import BalmConfig
+from core.errors import BalmError
 
 EMBEDDED = {"ETTh1": Path(__file__).parent / "datasets" / "ETTh1.csv"}
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(BalmError, ValueError):
     """Bad data input; the message names the file/column and what was expected."""
 
 

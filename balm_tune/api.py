@@ -1,0 +1,211 @@
+"""The Python API of a search; `python -m balm_tune.search` is a thin layer over it.
+
+    from balm_tune.api import run_search
+    result = run_search("search_spaces/default.yaml", name="etth1", num_samples=8, max_train_batches=10)
+    result.leaderboard          # pandas DataFrame, best first
+    result.best_config          # core.config.BalmConfig of the winner (None if every trial failed)
+    result.test                 # the winner's test metrics
+    result.paths                # leaderboard.csv, best_config.yaml, best_checkpoint.pt, summary.json
+
+`prepare_search` does every cheap check (space, overrides, data, backbone availability) and starts
+nothing; `execute` runs a prepared search. Selection uses validation only; test metrics are computed
+for the winner alone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
+
+from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
+from core.config import BalmConfig  # noqa: E402
+from core.data import ForecastData  # noqa: E402
+from core.train import preflight  # noqa: E402
+
+SPACE_COPY = "search_space.yaml"
+
+
+@dataclass
+class SearchPlan:
+    """A checked search, ready to run: the resolved space, its data and the experiment folder."""
+
+    space: SearchSpace
+    data: ForecastData
+    experiment: Path
+    resume: bool = False
+
+
+@dataclass
+class SearchResult:
+    """What a finished search produced (also written under `experiment`)."""
+
+    experiment: Path
+    leaderboard: Any  # pandas.DataFrame, one row per trial, best first
+    summary: dict
+    best_config: BalmConfig | None = None
+    test: dict | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def prepare_search(
+    space: SearchSpace | str | Path = DEFAULT_SPACE,
+    *,
+    name: str | None = None,
+    storage: str | Path = "runs",
+    resume: bool = False,
+    num_samples: int | None = None,
+    max_epochs: int | None = None,
+    sampler_seed: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    **overrides: Any,
+) -> SearchPlan:
+    """Resolve and check a search without starting anything (raises a core.errors.BalmError).
+
+    `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
+    sampler seed and resources. With `resume`, the space saved in the experiment folder is used.
+    """
+    stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
+    name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = Path(storage).resolve() / name
+    if resume:
+        saved = experiment / SPACE_COPY
+        if not saved.is_file():
+            raise SpaceError(f"--resume: no experiment at {experiment} (missing {SPACE_COPY}); check --storage/--name")
+        space = load_space(saved)
+    elif not isinstance(space, SearchSpace):
+        space = load_space(space)
+    if overrides:
+        space = space.with_base_overrides(overrides)
+    space = space.with_overrides(
+        num_samples=num_samples,
+        max_epochs=max_epochs,
+        seed=sampler_seed,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+    )
+    data = preflight(space.base)  # data file, backbone availability: before anything starts
+    if experiment.exists() and not resume:
+        raise SpaceError(f"{experiment} exists; continue it with --resume or choose another --name")
+    return SearchPlan(space, data, experiment, resume)
+
+
+def run_search(
+    space: SearchSpace | str | Path = DEFAULT_SPACE,
+    *,
+    address: str | None = None,
+    final_seeds: int = 0,
+    **options: Any,
+) -> SearchResult:
+    """Check, run and export a search; `options` are `prepare_search`'s (base config keys included)."""
+    plan = prepare_search(space, **options)
+    return execute(plan, address=address, final_seeds=final_seeds)
+
+
+def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) -> SearchResult:
+    """Run a prepared search on a local Ray (or the cluster at `address`) and export the winner."""
+    import pandas as pd
+    import ray
+
+    from balm_tune.cluster import init_ray
+    from balm_tune.export import export_winner, leaderboard, write_leaderboard, write_summary
+    from balm_tune.trainable import build_shared, evaluate_checkpoint
+    from balm_tune.tuner import make_tuner, run_final_seeds
+    from core import backbones, prompts
+
+    space, data, experiment = plan.space, plan.data, plan.experiment
+    started = time.perf_counter()
+    try:
+        print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
+        shared = build_shared(space, data)
+        concurrent = init_ray(address, space)
+        experiment.mkdir(parents=True, exist_ok=True)
+        if not plan.resume:
+            space.save(experiment / SPACE_COPY)
+        print(
+            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
+            f"up to {concurrent} trials at once",
+            flush=True,
+        )
+        results = make_tuner(space, shared, experiment, concurrent, plan.resume).fit()
+
+        rows = leaderboard(results, space)
+        paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
+        write_leaderboard(rows, paths["leaderboard"])
+        table = pd.read_csv(paths["leaderboard"])
+        winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
+        summary = {
+            "experiment": str(experiment),
+            "trials": len(rows),
+            "outcomes": {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped by ASHA", "failed")},
+            "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
+            "built_in_trials": {
+                "backbone_loads": sum(r["backbone_loads"] for r in rows),
+                "prompt_builds": sum(r["prompt_builds"] for r in rows),
+            },
+        }
+        if not winners:
+            write_summary(summary, paths["summary"])
+            return SearchResult(experiment, table, summary, paths=paths)
+        best = winners[0]
+        config = shared.trial_config(best["params"])
+        provenance = {
+            **versions(),
+            "device": best["device"],
+            "precision": best["precision"],
+            "seed": config.seed,
+            "data_file": data.path.name,
+            "data_sha256": data.sha256,
+        }
+        paths["best_config"], paths["best_checkpoint"] = export_winner(best, config, provenance, experiment)
+        evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
+        test = ray.get(evaluate.remote(shared, best["params"], str(paths["best_checkpoint"])))
+        summary.update(
+            winner={k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
+            params=best["params"],
+            test=test,
+            provenance=provenance,
+        )
+        if final_seeds:
+            runs = run_final_seeds(space, shared, experiment, best["params"], final_seeds, concurrent)
+            summary["final_seeds"] = {
+                "runs": runs,
+                **{
+                    f"{m}_{s}": f(r[m] for r in runs)
+                    for m in ("test_mse", "test_mae")
+                    for s, f in (("mean", statistics.fmean), ("std", _std))
+                },
+            }
+        summary["wall_seconds"] = time.perf_counter() - started
+        write_summary(summary, paths["summary"])
+        return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
+    finally:
+        ray.shutdown()
+
+
+def versions() -> dict:
+    import optuna
+    import ray
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "ray": ray.__version__,
+        "optuna": optuna.__version__,
+    }
+
+
+def _std(values) -> float:
+    values = list(values)
+    return statistics.stdev(values) if len(values) > 1 else 0.0

@@ -1,0 +1,70 @@
+"""The Ray Tune set-up of a search (Optuna TPE proposes, ASHA prunes) and of the winner's retraining."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from balm_tune.space import SearchSpace
+from balm_tune.trainable import SharedInputs, trial_trainable
+
+
+def make_tuner(space: SearchSpace, shared: SharedInputs, experiment: Path, concurrent: int, resume: bool):
+    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`)."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from balm_tune.callbacks import TensorBoard, TrialLines
+
+    trainable = trial_trainable(shared)
+    if resume:
+        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=space.seed)),
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=space.max_epochs,
+                grace_period=space.grace_period,
+                reduction_factor=space.reduction_factor,
+            ),
+            metric="best_val_mse",
+            mode="min",
+            num_samples=space.num_samples,
+            max_concurrent_trials=min(concurrent, space.num_samples),
+            reuse_actors=True,  # one worker process runs trial after trial: no per-trial import and start-up
+        ),
+        run_config=tune.RunConfig(
+            name=experiment.name,
+            storage_path=str(experiment.parent),
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)],
+        ),
+    )
+
+
+def run_final_seeds(
+    space: SearchSpace, shared: SharedInputs, experiment: Path, params: dict, n: int, concurrent: int
+) -> list[dict]:
+    """Retrain the winner on n further seeds (in parallel trials) and collect their test metrics."""
+    from ray import tune
+
+    seeds = [space.base.seed + i for i in range(1, n + 1)]
+    trainable = trial_trainable(dataclasses.replace(shared, evaluate_test=True))
+    grid = tune.Tuner(
+        trainable,
+        param_space={**params, "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
+        run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0),
+    )
+    results = grid.fit()
+    return [
+        {"seed": r.config["seed"], "test_mse": r.metrics.get("test_mse"), "test_mae": r.metrics.get("test_mae")}
+        for r in results
+    ]

@@ -1,0 +1,29 @@
+"""The Python API: a search from code, results as objects (the CLI is a thin layer over it)."""
+
+import pandas as pd
+import pytest
+
+from balm_tune.api import prepare_search, run_search
+from balm_tune.space import SpaceError
+from tests.conftest import write_tiny_space
+
+
+def test_run_search_returns_the_leaderboard_best_config_test_metrics_and_paths(tmp_path):
+    space = write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1})
+    result = run_search(space, name="api", storage=tmp_path / "runs", max_train_batches=2, sampler_seed=3)
+    assert isinstance(result.leaderboard, pd.DataFrame) and len(result.leaderboard) == 2
+    assert result.leaderboard["best_val_mse"].is_monotonic_increasing  # best first
+    assert result.best_config.max_train_batches == 2  # the base override reached the trials
+    assert result.best_config.prompt_len == result.leaderboard["prompt_len"].iloc[0]
+    assert result.test["test_mse"] > 0 and result.summary["test"] == result.test
+    assert {"leaderboard", "summary", "best_config", "best_checkpoint"} <= set(result.paths)
+    assert all(path.is_file() and path.parent == tmp_path / "runs" / "api" for path in result.paths.values())
+
+
+def test_prepare_search_checks_everything_and_starts_nothing(tmp_path):
+    space = write_tiny_space(tmp_path)
+    plan = prepare_search(space, name="plan", storage=tmp_path / "runs", num_samples=3, learning_rate=0.01)
+    assert plan.space.num_samples == 3 and plan.space.base.learning_rate == 0.01
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SpaceError, match="'search.prompt_len': value 12 is invalid"):
+        prepare_search(space, storage=tmp_path / "runs", seq_len=32)
