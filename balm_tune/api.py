@@ -28,6 +28,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots f
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
+from core.paths import check_name, check_output_folder  # noqa: E402
 from core.train import preflight  # noqa: E402
 
 SPACE_COPY = "search_space.yaml"
@@ -41,6 +42,7 @@ class SearchPlan:
     data: ForecastData
     experiment: Path
     resume: bool = False
+    trust_experiment: bool = False  # --resume a folder whose pickles this user's key did not sign
 
 
 @dataclass
@@ -53,14 +55,17 @@ class SearchResult:
     best_config: BalmConfig | None = None
     test: dict | None = None
     paths: dict[str, Path] = field(default_factory=dict)
+    interrupted: bool = False  # Ctrl-C: trials stopped, nothing exported; --resume continues
 
 
 def prepare_search(
-    space: SearchSpace | str | Path = DEFAULT_SPACE,
+    space: SearchSpace | str | Path | None = None,
     *,
     name: str | None = None,
     storage: str | Path = "runs",
     resume: bool = False,
+    trust_experiment: bool = False,
+    address: str | None = None,
     num_samples: int | None = None,
     max_epochs: int | None = None,
     sampler_seed: int | None = None,
@@ -70,19 +75,21 @@ def prepare_search(
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
 
+    `space` defaults to search_spaces/default.yaml (with `resume`: the space saved in the experiment).
     `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
-    sampler seed and resources. With `resume`, the space saved in the experiment folder is used.
+    sampler seed and resources. `resume` refuses any of them that differs from the saved search (Tune
+    cannot change a search it restores). `address`: trials run on that cluster, so this machine's
+    device and CPUs are not checked.
     """
-    stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
-    name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiment = Path(storage).resolve() / name
+    if resume and not name:
+        raise SpaceError("--resume needs --name of the experiment to continue")
+    if name is not None:
+        check_name(name)
+    check_output_folder(storage, "--storage")
     if resume:
-        saved = experiment / SPACE_COPY
-        if not saved.is_file():
-            raise SpaceError(f"--resume: no experiment at {experiment} (missing {SPACE_COPY}); check --storage/--name")
-        space = load_space(saved)
-    elif not isinstance(space, SearchSpace):
-        space = load_space(space)
+        saved = _saved_space(Path(storage).resolve() / name, trust_experiment)
+        space = saved if space is None else space
+    space = space if isinstance(space, SearchSpace) else load_space(DEFAULT_SPACE if space is None else space)
     if overrides:
         space = space.with_base_overrides(overrides)
     space = space.with_overrides(
@@ -92,31 +99,64 @@ def prepare_search(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
     )
-    data = preflight(space.base)  # data file, backbone availability: before anything starts
+    name = name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = Path(storage).resolve() / name
+    if resume and (changed := saved.differences(space)):
+        raise SpaceError(
+            f"--resume continues {experiment} as saved in {SPACE_COPY}; it cannot change {', '.join(changed[:3])}"
+            f"{' ...' if len(changed) > 3 else ''} (saved vs requested); drop those flags, or start a new --name"
+        )
+    # every cheap check (config, data, backbone shape, device, storage) before anything starts
+    data = preflight(space.base, variants=space.edge_configs(), local=address is None)
     if experiment.exists() and not resume:
         raise SpaceError(f"{experiment} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, resume)
+    return SearchPlan(space, data, experiment, resume, trust_experiment)
+
+
+def _saved_space(experiment: Path, trust_experiment: bool) -> SearchSpace:
+    """The space an experiment was started with; its pickles are checked now (again before the restore)."""
+    from balm_tune.integrity import verify
+    from balm_tune.tuner import restorable
+
+    saved = experiment / SPACE_COPY
+    if not saved.is_file():
+        raise SpaceError(f"--resume: no experiment at {experiment} (missing {SPACE_COPY}); check --storage/--name")
+    if restorable(experiment) and not trust_experiment:
+        verify(experiment)
+    return load_space(saved)
 
 
 def run_search(
-    space: SearchSpace | str | Path = DEFAULT_SPACE,
+    space: SearchSpace | str | Path | None = None,
     *,
     address: str | None = None,
     final_seeds: int = 0,
     **options: Any,
 ) -> SearchResult:
     """Check, run and export a search; `options` are `prepare_search`'s (base config keys included)."""
-    plan = prepare_search(space, **options)
+    check_final_seeds(final_seeds)
+    plan = prepare_search(space, address=address, **options)
     return execute(plan, address=address, final_seeds=final_seeds)
 
 
+def check_final_seeds(final_seeds: Any) -> None:
+    if not isinstance(final_seeds, int) or isinstance(final_seeds, bool) or final_seeds < 0:
+        raise SpaceError(f"--final-seeds: got {final_seeds!r}, expected an integer >= 0")
+
+
 def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) -> SearchResult:
-    """Run a prepared search on a local Ray (or the cluster at `address`) and export the winner."""
+    """Run a prepared search on a local Ray (or the cluster at `address`) and export the winner.
+
+    Ctrl-C stops the trials (Tune saves their state): nothing is exported and the result says
+    `interrupted`; `--resume` continues. The winner's checkpoint is loaded before any file is replaced.
+    """
+    check_final_seeds(final_seeds)
     import pandas as pd
     import ray
 
     from balm_tune.cluster import init_ray
-    from balm_tune.export import export_winner, leaderboard, write_leaderboard, write_summary
+    from balm_tune.export import export_winner, leaderboard, verify_checkpoint, write_leaderboard, write_summary
+    from balm_tune.integrity import seal
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
@@ -135,13 +175,21 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             f"up to {concurrent} trials at once",
             flush=True,
         )
-        results = make_tuner(space, shared, experiment, concurrent, plan.resume).fit()
+        tuner = make_tuner(space, shared, experiment, concurrent, plan.resume, plan.trust_experiment)
+        try:
+            results = tuner.fit()
+        finally:
+            seal(experiment)  # Tune's final state, signed for --resume
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
+        if any(r["status"] == "interrupted" for r in rows):
+            return SearchResult(experiment, pd.DataFrame(rows), {"trials": len(rows)}, paths={}, interrupted=True)
+        winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
+        if winners:
+            verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
         write_leaderboard(rows, paths["leaderboard"])
         table = pd.read_csv(paths["leaderboard"])
-        winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
         summary = {
             "experiment": str(experiment),
             "trials": len(rows),

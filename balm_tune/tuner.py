@@ -9,17 +9,28 @@ from balm_tune.space import SearchSpace
 from balm_tune.trainable import SharedInputs, trial_trainable
 
 
-def make_tuner(space: SearchSpace, shared: SharedInputs, experiment: Path, concurrent: int, resume: bool):
-    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`)."""
+def make_tuner(
+    space: SearchSpace,
+    shared: SharedInputs,
+    experiment: Path,
+    concurrent: int,
+    resume: bool,
+    trust_experiment: bool = False,
+):
+    """The search's `tune.Tuner`, or the interrupted one restored from `experiment` after its pickles
+    are verified (balm_tune.integrity). A folder that Tune never wrote its state to starts afresh."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from balm_tune.callbacks import TensorBoard, TrialLines
+    from balm_tune.integrity import Sealer, verify
 
     trainable = trial_trainable(shared)
-    if resume:
+    if resume and restorable(experiment):
+        if not trust_experiment:
+            verify(experiment)
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return tune.Tuner(
@@ -44,9 +55,14 @@ def make_tuner(space: SearchSpace, shared: SharedInputs, experiment: Path, concu
             storage_path=str(experiment.parent),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)],
+            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience), Sealer()],
         ),
     )
+
+
+def restorable(experiment: Path) -> bool:
+    """Tune saved its state there (a folder holding only search_space.yaml is not restorable)."""
+    return (experiment / "tuner.pkl").is_file() and any(experiment.glob("experiment_state-*.json"))
 
 
 def run_final_seeds(
