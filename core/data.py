@@ -83,7 +83,7 @@ def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, lis
         if np.isinf(numeric.to_numpy(dtype=np.float64)).any():
             row = int(np.flatnonzero(np.isinf(numeric.to_numpy(dtype=np.float64)))[0])
             raise DataError(
-                f"data file {path}: column {column!r} row {row + 2} is {values[column].iloc[row]!r}, "
+                f"data file {path}: column {column!r} row {row + 2} is {str(values[column].iloc[row])!r}, "
                 "expected a finite number"
             )
     check_dates(path, frame["date"])
