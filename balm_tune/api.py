@@ -162,7 +162,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     from core import backbones, prompts
 
     space, data, experiment = plan.space, plan.data, plan.experiment
-    started = time.perf_counter()
+    started, sign = time.perf_counter(), False
     try:
         print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
         shared = build_shared(space, data)
@@ -176,10 +176,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             flush=True,
         )
         tuner = make_tuner(space, shared, experiment, concurrent, plan.resume, plan.trust_experiment)
-        try:
-            results = tuner.fit()
-        finally:
-            seal(experiment)  # Tune's final state, signed for --resume
+        sign = True  # from here on, the folder's pickles are this run's (or trusted) ones
+        results = tuner.fit()
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
@@ -236,6 +234,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         write_summary(summary, paths["summary"])
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
+        if sign:
+            seal(experiment)  # the final state (final_seeds/ included), signed for --resume
         ray.shutdown()
 
 

@@ -56,9 +56,13 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
 
 
 def _ended(results: ResultGrid) -> list[bool]:
-    """Per result, whether Tune ended the trial (TERMINATED or ERROR); after Ctrl-C the others are
-    PENDING, RUNNING or PAUSED. ResultGrid keeps its results in the order of these trials."""
-    return [trial.status in ("TERMINATED", "ERROR") for trial in results._experiment_analysis.trials]
+    """Per result, whether Tune ended the trial (TERMINATED or ERROR). After Ctrl-C, Tune saves the
+    experiment state (the trials it stopped are still RUNNING, PAUSED or PENDING there) and only then
+    marks them all TERMINATED in memory, so the statuses are read from that saved state."""
+    from ray.tune import ExperimentAnalysis
+
+    saved = {trial.path: trial.status for trial in ExperimentAnalysis(results.experiment_path).trials}
+    return [saved.get(result.path) in ("TERMINATED", "ERROR") for result in results]
 
 
 def write_leaderboard(rows: list[dict], path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from balm_tune.search import main as search_main
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
 from tests.conftest import search_command, write_tiny_space
@@ -206,3 +207,45 @@ def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     assert [r["epoch"] for r in results] == sorted({r["epoch"] for r in results})  # no epoch trained twice
     assert "Failure # 1" in (trial_dir / "error.txt").read_text()
     assert _rows(experiment)[0]["status"] == "finished"
+
+
+def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(tmp_path, capsys):
+    path = write_tiny_space(tmp_path, base={"max_train_batches": 40}, budget={"num_samples": 3, "max_epochs": 2})
+    storage = tmp_path / "runs"
+    experiment = storage / "ctrlc"
+    driver = subprocess.Popen(
+        search_command("--space", str(path), "--storage", str(storage), "--name", "ctrlc"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: any(_result_lines(d) for d in experiment.glob("train_balm_*")), 240, "a first epoch")
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    assert "interrupted (after " in out and "nothing exported" in out, out[-3000:]
+    exported = ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json")
+    assert not any((experiment / name).exists() for name in exported)
+    epochs = {d.name: [r["epoch"] for r in _result_lines(d)] for d in experiment.glob("train_balm_*")}
+
+    assert search_main(["--storage", str(storage), "--name", "ctrlc", "--resume", "--max-epochs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues" in err and "budget.max_epochs: 2 vs 4" in err and err.count("\n") == 1
+
+    resumed = subprocess.run(
+        search_command("--storage", str(storage), "--name", "ctrlc", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = _rows(experiment)
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"finished", "stopped by ASHA"}, rows
+    for name, before in epochs.items():  # every interrupted trial went on from its last epoch
+        after = [r["epoch"] for r in _result_lines(experiment / name)]
+        assert after[: len(before)] == before and after == sorted(set(after)), (name, before, after)

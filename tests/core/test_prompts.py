@@ -110,7 +110,7 @@ def test_a_corrupt_prompt_cache_file_is_reported_in_one_line_and_rebuilt(etth1_p
         rebuilt = tokens()
         err = capsys.readouterr().err
         assert f"prompt cache {cache_file} is unreadable" in err and "rebuilding it" in err and err.count("\n") == 1
-        assert prompts.BUILDS == builds + 1 and torch.equal(rebuilt.ids, built.ids)
+        assert builds + 1 == prompts.BUILDS and torch.equal(rebuilt.ids, built.ids)
         assert cache_file.read_bytes() == whole  # replaced: the next run reads it again
     tokens()
     assert capsys.readouterr().err == ""
