@@ -103,6 +103,47 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(search):
         assert {"ray/tune/best_val_mse", "ray/tune/best_val_mae"} <= metrics
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_refuses_budget_or_space_changes_and_keeps_the_results(search, capsys, write_space):
+    experiment, _ = search
+    before = _files(experiment)
+    resume = ["--storage", str(experiment.parent), "--name", experiment.name, "--resume"]
+    for flags, change in [
+        (["--num-samples", "6", "--max-epochs", "6"], "budget.max_epochs: 3 vs 6"),
+        (["--set", "dropout=2e-1"], "base.dropout: 0.1 vs 0.2"),
+        (["--space", str(write_space(seed=5))], "seed: 0 vs 5"),
+    ]:
+        assert search_main([*resume, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"--resume continues {experiment}" in err and change in err and err.count("\n") == 1, err
+    assert _files(experiment) == before
+
+
+def test_a_truncated_winner_checkpoint_is_not_exported_and_earlier_results_are_kept(search, tmp_path):
+    import shutil
+
+    experiment = Path(shutil.copytree(search[0], tmp_path / "runs" / "copy"))
+    winner = json.loads((experiment / "summary.json").read_text())["winner"]["trial_id"]
+    (trial,) = experiment.glob(f"train_balm_{winner}_*")
+    for checkpoint in trial.glob("checkpoint_*/trainer.pt"):
+        checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    before = _files(experiment)
+    run = subprocess.run(
+        search_command("--storage", str(experiment.parent), "--name", "copy", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"of the winning trial {winner} cannot be loaded" in run.stderr and "nothing exported" in run.stderr
+    after = _files(experiment)
+    for name in ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json"):
+        assert after[name] == before[name], name
+
+
 def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
     path = write_tiny_space(
         tmp_path,
