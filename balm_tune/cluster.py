@@ -224,20 +224,20 @@ def check_shared(storage: Location, cluster: Cluster) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     advice = "use --storage s3://BUCKET/PREFIX (or another URI every node reaches)"
+    root = storage.parent
     if cluster.types:
         raise ClusterError(
-            f"--storage {storage.uri} is a local path but this cluster autoscales (node types "
+            f"--storage {root.uri} is a local path but this cluster autoscales (node types "
             f"{', '.join(t.name for t in cluster.types)}): nodes it starts will not see it; {advice}"
         )
     if len(cluster.live) < 2:
         return
-    root = storage.parent
     created = not root.exists()
     marker, token = root.child(f".balm-shared-{uuid.uuid4().hex}"), uuid.uuid4().hex
     try:
         marker.write_bytes(token.encode())
     except OSError as err:
-        raise ClusterError(f"--storage {storage.uri}: cannot write there ({err})") from None
+        raise ClusterError(f"--storage {root.uri}: cannot write there ({err})") from None
     try:
         read = ray.remote(num_cpus=0)(_read_marker)
         seen = ray.get(
@@ -258,7 +258,7 @@ def check_shared(storage: Location, cluster: Cluster) -> None:
     missing = [ip for ip, text in seen if text != token]
     if missing:
         raise ClusterError(
-            f"--storage {storage.uri} is a local path that node(s) {', '.join(missing)} do not share; {advice}"
+            f"--storage {root.uri} is a local path that node(s) {', '.join(missing)} do not share; {advice}"
         )
 
 
