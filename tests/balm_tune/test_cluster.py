@@ -310,7 +310,7 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     before = {name: len(results) for name, results in _s3_results(experiment).items()}
 
     resumed = subprocess.run(
-        search_command("--resume", *where), env=nodes.driver_env, capture_output=True, text=True, timeout=600
+        search_command("--resume", "--final-seeds", "2", *where), env=nodes.driver_env, capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     out = folder / "out" / "s3"  # the exported results, on the driver's machine and in S3
@@ -328,6 +328,7 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     assert {r["trial_id"] for r in rows} <= events  # every trial's TensorBoard curves, copied down
     winner = json.loads((out / "summary.json").read_text())
     assert winner["experiment"] == "s3://balm/cluster/s3" and winner["test"]["test_mse"] > 0
+    assert [r["test_mse"] > 0 for r in winner["final_seeds"]["runs"]] == [True, True]  # retrained on both nodes' disks
     assert (
         train_main(["--config", str(out / "best_config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"]) == 0
     )
