@@ -26,6 +26,7 @@ from typing import Any
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
 
+from balm_tune.cluster import Cluster  # noqa: E402
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
 from balm_tune.storage import Location, open_location  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
@@ -148,8 +149,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     started = time.perf_counter()
     try:
         cluster = init_ray(address, location)  # reachable; a local storage path is shared by every node
-        gpus = (1.0 if cluster.has_gpus else 0.0) if plan.auto_gpus else space.gpus_per_trial
-        concurrent = cluster.trials_at_once(space.cpus_per_trial, gpus)  # one trial fits: before the backbone
+        concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
         print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
         shared = build_shared(space, data)
         if plan.auto_gpus:
@@ -222,6 +222,28 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         write_summary(summary, paths["summary"])
         publish(list(paths.values()), location)
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
+    finally:
+        ray.shutdown()
+
+
+def trials_at_once(plan: SearchPlan, cluster: Cluster) -> int:
+    """How many of the plan's trials the cluster holds at once (ClusterError when not even one);
+    with `--gpus-per-trial auto` a GPU cluster is sized for a whole GPU per trial until the probe ran."""
+    gpus = (1.0 if cluster.has_gpus else 0.0) if plan.auto_gpus else plan.space.gpus_per_trial
+    return cluster.trials_at_once(plan.space.cpus_per_trial, gpus)
+
+
+def check_cluster(plan: SearchPlan, address: str | None = None) -> int:
+    """--dry-run's cluster checks, starting nothing: the cluster at `address` answers, holds one trial and
+    reaches the storage (without `address`: the local machine's CPUs and GPUs hold one trial)."""
+    import ray
+
+    from balm_tune.cluster import init_ray, local_cluster
+
+    if not address or address == "local":
+        return trials_at_once(plan, local_cluster())
+    try:
+        return trials_at_once(plan, init_ray(address, plan.location))
     finally:
         ray.shutdown()
 

@@ -110,6 +110,14 @@ def init_ray(address: str | None, storage: Location) -> Cluster:
     return cluster
 
 
+def local_cluster() -> Cluster:
+    """The node a private local Ray would have (what --dry-run checks without starting Ray)."""
+    import torch
+    from ray._private.utils import get_num_cpus
+
+    return Cluster([NodeShape("head", {"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())})], [])
+
+
 def auto_gpus_per_trial(cluster: Cluster, shared) -> float:
     """`--gpus-per-trial auto`: 0 on a cluster without GPUs (one trial per --cpus-per-trial); else the
     GPU fraction that packs as many trials per GPU as a probe trial's peak memory allows with headroom.

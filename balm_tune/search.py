@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from balm_tune.api import SearchPlan, SearchResult, execute, prepare_search
+from balm_tune.api import SearchPlan, SearchResult, check_cluster, execute, prepare_search
 from balm_tune.cluster import check_address
 from balm_tune.space import DEFAULT_SPACE, SpaceError
 from core.config import parse_set_args
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         check_address(args.address)
         print_plan(plan)
         if args.dry_run:
-            print("dry run: everything checked, nothing started")
+            concurrent = check_cluster(plan, args.address)
+            print(f"dry run: everything checked (the cluster holds {concurrent} trials at once), nothing started")
             return 0
         result = execute(plan, address=args.address, final_seeds=args.final_seeds)
     except BalmError as err:

@@ -310,7 +310,11 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     before = {name: len(results) for name, results in _s3_results(experiment).items()}
 
     resumed = subprocess.run(
-        search_command("--resume", "--final-seeds", "2", *where), env=nodes.driver_env, capture_output=True, text=True, timeout=600
+        search_command("--resume", "--final-seeds", "2", *where),
+        env=nodes.driver_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     out = folder / "out" / "s3"  # the exported results, on the driver's machine and in S3
@@ -328,7 +332,7 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     assert {r["trial_id"] for r in rows} <= events  # every trial's TensorBoard curves, copied down
     winner = json.loads((out / "summary.json").read_text())
     assert winner["experiment"] == "s3://balm/cluster/s3" and winner["test"]["test_mse"] > 0
-    assert [r["test_mse"] > 0 for r in winner["final_seeds"]["runs"]] == [True, True]  # retrained on both nodes' disks
+    assert [r["test_mse"] > 0 for r in winner["final_seeds"]["runs"]] == [True, True]  # final-seed trials use S3 too
     assert (
         train_main(["--config", str(out / "best_config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"]) == 0
     )
@@ -419,3 +423,21 @@ def test_the_local_ray_of_a_search_listens_on_loopback_only(tmp_path):
     finally:
         ray.shutdown()
     assert addresses and addresses <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, addresses
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("--cpus-per-trial", "4096"), "one trial needs 4096 CPU and 0 GPU on one node"),
+        (("--address", "127.0.0.1:{port}"), "--address 127.0.0.1:{port}: no Ray cluster answers"),
+    ],
+)
+def test_dry_run_runs_the_cluster_checks_too(tmp_path, capsys, flags, expected):
+    from balm_tune.search import main as search_main
+
+    port = free_port()
+    flags = [f.format(port=port) for f in flags]
+    space = write_tiny_space(tmp_path)
+    assert search_main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--dry-run", *flags]) == 2
+    assert expected.format(port=port) in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
