@@ -28,7 +28,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots f
 
 from balm_tune.cluster import Cluster  # noqa: E402
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
-from balm_tune.storage import Location, open_location  # noqa: E402
+from balm_tune.storage import Location, open_location, writable_folder  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
 from core.train import preflight  # noqa: E402
@@ -89,7 +89,7 @@ def prepare_search(
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     location = open_location(storage).child(name)
     default_out = Path(location.parent.path) if location.is_local else Path("runs")
-    experiment = (Path(out) if out is not None else default_out).expanduser().resolve() / name
+    experiment = writable_folder(out, "--out") / name if out is not None else default_out.resolve() / name
     if resume:
         saved = location.child(SPACE_COPY)
         if not saved.exists():

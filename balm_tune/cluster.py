@@ -193,7 +193,10 @@ def node_types() -> list[NodeShape]:
         ]
     gcs = ray.get_runtime_context().gcs_address
     read = ray.remote(num_cpus=0, resources={HEAD_RESOURCE: 0.001})(_autoscaling_config_on_head)
-    config = ray.get(read.remote(gcs), timeout=60)
+    try:
+        config = ray.get(read.remote(gcs), timeout=120)
+    except ray.exceptions.GetTimeoutError:
+        raise ClusterError("the head node did not answer within 120 s (reading its autoscaler's node types)") from None
     if not config:
         return []
     limit = int(config.get("max_workers", 1000))

@@ -42,3 +42,13 @@ def test_resume_reads_the_space_saved_at_a_uri_and_keeps_a_local_copy(s3_endpoin
     plan = prepare_search(storage="s3://balm/resumable", name="x", resume=True, out=tmp_path / "out")
     assert plan.space.num_samples == 5 and plan.location.uri == "s3://balm/resumable/x"
     assert plan.experiment == tmp_path / "out" / "x" and (plan.experiment / SPACE_COPY).is_file()
+
+
+@pytest.mark.parametrize("flag", ["storage", "out"])
+def test_a_storage_or_out_path_that_cannot_be_a_writable_folder_is_refused_up_front(tmp_path, flag):
+    (tmp_path / "file").write_text("not a folder")
+    space = write_tiny_space(tmp_path)
+    with pytest.raises(
+        StorageError, match=f"--{flag} {tmp_path / 'file' / 'runs'}: {tmp_path / 'file'} is not a folder"
+    ):
+        prepare_search(space, name="x", **{flag: tmp_path / "file" / "runs"})
