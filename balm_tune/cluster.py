@@ -52,6 +52,8 @@ def check_address(address: str | None) -> None:
         resolved = canonicalize_bootstrap_address(address)
     except (ConnectionError, ValueError) as err:
         raise ClusterError(f"--address {address}: {str(err).strip().splitlines()[0]}") from None
+    if resolved is None:
+        raise ClusterError(f"--address {address}: no running Ray cluster found here; give HOST:PORT or set RAY_ADDRESS")
     host, _, port = resolved.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
