@@ -25,10 +25,12 @@ from typing import Any
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # balm_tune.callbacks.loggers() passes them
 
 from balm_tune.cluster import Cluster  # noqa: E402
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
 from balm_tune.storage import Location, open_location, writable_folder  # noqa: E402
+from balm_tune.trackers import Trackers  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
 from core.train import preflight  # noqa: E402
@@ -48,6 +50,7 @@ class SearchPlan:
     location: Location
     resume: bool = False
     auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
+    trackers: Trackers = field(default_factory=Trackers)
 
 
 @dataclass
@@ -74,6 +77,8 @@ def prepare_search(
     sampler_seed: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | str | None = None,
+    mlflow: str | None = None,
+    wandb: str | None = None,
     **overrides: Any,
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
@@ -81,9 +86,10 @@ def prepare_search(
     `storage` is a folder or a URI (`s3://bucket/prefix`) where Ray keeps trials and checkpoints; the
     exported files also land in `out`/<name> (default: the storage folder when local, else `runs/`).
     `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
-    sampler seed and resources (`gpus_per_trial="auto"`: sized on the cluster). With `resume`, the space
-    saved in the experiment is used.
+    sampler seed and resources (`gpus_per_trial="auto"`: sized on the cluster); `mlflow` (a tracking URI)
+    and `wandb` (a project) add experiment trackers. With `resume`, the space saved in the experiment is used.
     """
+    trackers = Trackers(mlflow, wandb).check()
     auto_gpus = gpus_per_trial == "auto"
     stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -112,7 +118,7 @@ def prepare_search(
     taken = [where for where, used in ((location.uri, location.exists()), (experiment, experiment.exists())) if used]
     if taken and not resume:
         raise SpaceError(f"{taken[0]} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, location, resume, auto_gpus)
+    return SearchPlan(space, data, experiment, location, resume, auto_gpus, trackers)
 
 
 def run_search(
@@ -166,7 +172,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         if not plan.resume:
             space.save(experiment / SPACE_COPY)
             publish([experiment / SPACE_COPY], location)
-        results = make_tuner(space, shared, location, concurrent, plan.resume).fit()
+        trackers = plan.trackers.callbacks(experiment.name)
+        results = make_tuner(space, shared, location, concurrent, plan.resume, trackers).fit()
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
