@@ -20,6 +20,8 @@ import psutil
 import pytest
 import yaml
 
+from balm_tune.api import prepare_search
+from balm_tune.cluster import ClusterError
 from balm_tune.storage import open_location
 from balm_tune.train import main as train_main
 from tests.conftest import free_port, search_command, write_tiny_space
@@ -441,3 +443,29 @@ def test_dry_run_runs_the_cluster_checks_too(tmp_path, capsys, flags, expected):
     assert search_main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--dry-run", *flags]) == 2
     assert expected.format(port=port) in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_concurrency_follows_what_the_head_and_every_startable_worker_can_hold():
+    from balm_tune.cluster import Cluster, NodeShape
+
+    head = NodeShape("head", {"CPU": 8})
+    workers = NodeShape("gpu_worker", {"CPU": 8, "GPU": 1}, count=4)  # cluster.yaml's shape, none started yet
+    assert Cluster([head], [workers]).trials_at_once(1, 0.25) == 16  # 4 trials per GPU on 4 workers
+    assert Cluster([head], [workers]).trials_at_once(1, 0) == 8 + 32  # CPU trials use the head too
+    assert Cluster([head], []).trials_at_once(2, 0) == 4
+    with pytest.raises(ClusterError, match="one trial needs 1 CPU and 2 GPU on one node"):
+        Cluster([head], [workers]).trials_at_once(1, 2)  # 4 GPUs in all, but never 2 on one node
+
+
+def test_gpus_per_trial_auto_means_one_trial_per_cpus_per_trial_without_gpus(tmp_path):
+    from balm_tune.api import trials_at_once
+    from balm_tune.cluster import Cluster, NodeShape, auto_gpus_per_trial
+
+    plan = prepare_search(
+        write_tiny_space(tmp_path), storage=tmp_path / "runs", cpus_per_trial=2, gpus_per_trial="auto"
+    )
+    assert plan.auto_gpus
+    cpu_only = Cluster([NodeShape("head", {"CPU": 8})], [])
+    assert auto_gpus_per_trial(cpu_only, shared=None) == 0.0 and trials_at_once(plan, cpu_only) == 4
+    gpu_types = Cluster([NodeShape("head", {"CPU": 8})], [NodeShape("gpu_worker", {"CPU": 8, "GPU": 1}, count=2)])
+    assert trials_at_once(plan, gpu_types) == 2  # a whole GPU per trial until the probe trial has measured one
