@@ -121,6 +121,7 @@ def print_plan(plan: SearchPlan) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_address(args.address)  # seconds, before the space, data and backbone checks
         if args.resume and not args.name:
             raise SpaceError("--resume needs --name of the experiment to continue")
         plan = prepare_search(
@@ -138,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
             wandb=args.wandb,
             **parse_set_args(args.set),
         )
-        check_address(args.address)
         print_plan(plan)
         if args.dry_run:
             concurrent = check_cluster(plan, args.address)
