@@ -13,8 +13,11 @@ from ray.tune import ResultGrid
 
 from balm_tune.callbacks import trial_outcome
 from balm_tune.space import SearchSpace
+from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
 from core.errors import BalmError
+
+TENSORBOARD_FILES = "events.out.tfevents"
 
 
 class ExportError(BalmError):
@@ -48,7 +51,7 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
                 "backbone_loads": metrics.get("backbone_loads", 0),
                 "prompt_builds": metrics.get("prompt_builds", 0),
                 "precision": metrics.get("precision", ""),
-                "checkpoint": str(Path(result.checkpoint.path) / CHECKPOINT_FILE) if result.checkpoint else "",
+                "checkpoint": result.checkpoint,  # a ray.tune.Checkpoint on the experiment's storage, or None
                 "params": {k: _plain(result.config[k]) for k in space.search if k in result.config},
             }
         )
@@ -78,12 +81,13 @@ def verify_checkpoint(winner: dict) -> None:
     """The winner's checkpoint loads (weights only) and holds weights and config, else ExportError."""
     import torch
 
-    path = winner["checkpoint"]
+    path = f"{winner['checkpoint'].path}/{CHECKPOINT_FILE}"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with winner["checkpoint"].as_directory() as checkpoint:
+            state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         missing = {"model", "best_model", "config"} - set(state)
     except Exception as err:  # noqa: BLE001 - truncated, corrupt or missing: all mean "cannot export"
-        missing, state = str(err).splitlines()[0][:200], None
+        missing = (str(err).splitlines() or [type(err).__name__])[0][:200]
     if missing:
         raise ExportError(
             f"checkpoint {path} of the winning trial {winner['trial_id']} cannot be loaded ({missing}); "
@@ -98,7 +102,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
-    """Write best_config.yaml (a full core config with provenance) and copy the winner's checkpoint."""
+    """Write best_config.yaml (a full core config with provenance) and copy the winner's checkpoint
+    (from the experiment's storage, local or remote) into `folder`."""
     config.extras = {
         "search": {
             "trial_id": winner["trial_id"],
@@ -110,10 +115,28 @@ def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple
     }
     config_path, checkpoint_path = folder / "best_config.yaml", folder / "best_checkpoint.pt"
     tmp = checkpoint_path.with_name(f".{checkpoint_path.name}.tmp")
-    shutil.copyfile(winner["checkpoint"], tmp)
+    with winner["checkpoint"].as_directory() as checkpoint:
+        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, tmp)
     config.save(config_path)
     tmp.replace(checkpoint_path)  # atomic: the old checkpoint until the new one is complete
     return config_path, checkpoint_path
+
+
+def publish(files: list[Path], experiment: Location) -> None:
+    """Copy the exported files to the experiment's storage location (nothing to do when it is `files`' folder)."""
+    for path in files:
+        experiment.child(path.name).upload(path)
+
+
+def fetch_tensorboard(experiment: Location, folder: Path) -> int:
+    """Copy every trial's TensorBoard event files from remote storage into `folder` (same layout); returns
+    how many. With a local storage path they already are there."""
+    if experiment.is_local and Path(experiment.path).resolve() == folder.resolve():
+        return 0
+    names = experiment.files(TENSORBOARD_FILES)
+    for name in names:
+        experiment.child(name).download(folder / name)
+    return len(names)
 
 
 def write_summary(summary: dict, path: Path) -> None:

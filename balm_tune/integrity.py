@@ -1,6 +1,6 @@
 """No code runs from an experiment folder this user did not write.
 
-`--resume` hands the folder to Ray's `Tuner.restore`, which unpickles `tuner.pkl`, the experiment
+`--resume` hands the experiment to Ray's `Tuner.restore`, which unpickles `tuner.pkl`, the experiment
 state (`experiment_state-*.json` holds cloudpickled trials), the searcher and callback states
 (`searcher-state-*.pkl`, `callback-states-*.pkl`, `search_gen_state-*.json`) and, for failed trials,
 `error.pkl`. Unpickling runs code, and experiment folders are shared and synced from clusters. So
@@ -8,9 +8,7 @@ the search signs every such file with HMAC-SHA256 under a secret key kept in the
 (`$BALM_TUNE_CACHE/experiment.key`, created 0600), in `<experiment>/integrity.json`, while it runs;
 `verify` checks them before the restore and refuses a folder with an unsigned or changed file.
 `--trust-experiment` accepts a folder written elsewhere (another user or machine) on purpose.
-
-Files are read and written through `_read`, `_write` and `_list` only, so that other storage can be
-plugged in there.
+The experiment is a balm_tune.storage.Location: a local folder or a URI (`s3://...`) alike.
 """
 
 from __future__ import annotations
@@ -22,10 +20,11 @@ import os
 import re
 import secrets
 import time
-from pathlib import Path
 
+import pyarrow.fs as pafs
 from ray import tune
 
+from balm_tune.storage import Location
 from core.errors import BalmError
 from core.prompts import cache_dir
 
@@ -33,25 +32,11 @@ DIGESTS = "integrity.json"
 KEY_FILE = "experiment.key"
 # what Ray unpickles on restore: any *.pkl, and its *state*.json files (cloudpickle inside)
 PICKLED = re.compile(r"(^|/)[^/]+\.pkl$|^[^/]*state[^/]*\.json$")
+HINT = "resume only folders your own searches wrote, or pass --trust-experiment if you trust its origin"
 
 
 class IntegrityError(BalmError):
     """An experiment folder whose pickles this user's key did not sign."""
-
-
-def _read(path: Path) -> bytes:
-    return path.read_bytes()
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)  # atomic
-
-
-def _list(folder: Path) -> list[str]:
-    """Paths (relative, '/'-separated) of the files below `folder`."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 def secret_key() -> bytes:
@@ -69,44 +54,44 @@ def secret_key() -> bytes:
     return path.read_bytes().strip()
 
 
-def pickled_files(experiment: Path) -> list[str]:
-    """The files of `experiment` that Ray unpickles when it restores the search."""
-    return [p for p in _list(experiment) if PICKLED.search(p)]
+def pickled_files(experiment: Location) -> list[str]:
+    """The files of `experiment` (relative paths) that Ray unpickles when it restores the search."""
+    return [p for p in experiment.files() if PICKLED.search(p)]
 
 
 def _digest(key: bytes, relative: str, data: bytes) -> str:
     return hmac.new(key, relative.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
 
-def seal(experiment: Path) -> None:
+def seal(experiment: Location) -> None:
     """Sign every pickled file of `experiment` now (rewrites integrity.json atomically)."""
     key, files = secret_key(), {}
     for relative in pickled_files(experiment):
         try:
-            files[relative] = _digest(key, relative, _read(experiment / relative))
+            files[relative] = _digest(key, relative, experiment.child(relative).read_bytes())
         except FileNotFoundError:  # Ray deleted an old checkpoint meanwhile
             continue
-    _write(experiment / DIGESTS, json.dumps({"algorithm": "hmac-sha256", "files": files}, indent=1).encode())
+    experiment.child(DIGESTS).write_bytes(json.dumps({"algorithm": "hmac-sha256", "files": files}, indent=1).encode())
 
 
-def verify(experiment: Path) -> None:
+def verify(experiment: Location) -> None:
     """Raise IntegrityError unless every pickled file of `experiment` carries this user's signature."""
-    hint = "resume only folders your own searches wrote, or pass --trust-experiment if you trust its origin"
     try:
-        signed = json.loads(_read(experiment / DIGESTS))["files"]
+        signed = json.loads(experiment.child(DIGESTS).read_bytes())["files"]
     except FileNotFoundError:
         raise IntegrityError(
-            f"--resume: {experiment} has no {DIGESTS} (not written by this user's search); {hint}"
+            f"--resume: {experiment.uri} has no {DIGESTS} (not written by this user's search); {HINT}"
         ) from None
     except (ValueError, KeyError, TypeError):
-        raise IntegrityError(f"--resume: {experiment / DIGESTS} is not a digest file; {hint}") from None
+        raise IntegrityError(f"--resume: {experiment.child(DIGESTS).uri} is not a digest file; {HINT}") from None
     key = secret_key()
     for relative in pickled_files(experiment):
         expected = signed.get(relative) if isinstance(signed, dict) else None
-        if not expected or not hmac.compare_digest(expected, _digest(key, relative, _read(experiment / relative))):
+        data = experiment.child(relative).read_bytes()
+        if not expected or not hmac.compare_digest(expected, _digest(key, relative, data)):
             raise IntegrityError(
-                f"--resume: {experiment / relative} was not written by this user's search "
-                f"(no matching HMAC in {DIGESTS}); refusing to unpickle it; {hint}"
+                f"--resume: {experiment.child(relative).uri} was not written by this user's search "
+                f"(no matching HMAC in {DIGESTS}); refusing to unpickle it; {HINT}"
             )
 
 
@@ -114,24 +99,29 @@ class Sealer(tune.Callback):
     """Re-signs the experiment's pickles (at most once per `every_s`) whenever Ray has rewritten them,
     so that a search killed at any moment can still be resumed."""
 
-    def __init__(self, every_s: float = 1.0):
+    def __init__(self, every_s: float = 2.0):
         self.every_s = every_s
         self.seen, self.checked = None, 0.0
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if trials and time.monotonic() - self.checked >= self.every_s:
-            self.refresh(Path(trials[0].storage.experiment_fs_path))
+            self.refresh(trials[0].storage)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         if trials:
-            self.refresh(Path(trials[0].storage.experiment_fs_path))
+            self.refresh(trials[0].storage)
 
-    def refresh(self, folder: Path) -> None:
+    def refresh(self, storage) -> None:
+        """`storage`: a trial's ray.train StorageContext (its filesystem and experiment path)."""
         self.checked = time.monotonic()
-        try:
-            stamp = [(p, (folder / p).stat().st_mtime_ns, (folder / p).stat().st_size) for p in pickled_files(folder)]
-        except FileNotFoundError:  # a file went away while listing: look again next step
-            return
+        path = storage.experiment_fs_path.rstrip("/")
+        folder = Location(path, storage.storage_filesystem, path)
+        selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+        stamp = sorted(
+            (info.path, info.mtime_ns, info.size)
+            for info in folder.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and PICKLED.search(info.path[len(path) + 1 :])
+        )
         if stamp != self.seen:
             seal(folder)
             self.seen = stamp

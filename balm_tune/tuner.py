@@ -3,35 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from collections.abc import Sequence
 
 from balm_tune.space import SearchSpace
+from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
+
+SYNC_PERIOD_S = 10  # the driver's experiment state reaches remote storage at most this late (Ray's default: 300)
 
 
 def make_tuner(
     space: SearchSpace,
     shared: SharedInputs,
-    experiment: Path,
+    experiment: Location,
     concurrent: int,
     resume: bool,
+    extra_callbacks: Sequence = (),
     trust_experiment: bool = False,
 ):
-    """The search's `tune.Tuner`, or the interrupted one restored from `experiment` after its pickles
-    are verified (balm_tune.integrity). A folder that Tune never wrote its state to starts afresh."""
+    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`, a path or URI,
+    after its pickles are verified: balm_tune.integrity); `extra_callbacks` are added to its loggers
+    (experiment trackers, balm_tune.trackers). A folder Tune never saved its state to starts afresh."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from balm_tune.callbacks import TensorBoard, TrialLines
+    from balm_tune.callbacks import TrialLines, loggers
     from balm_tune.integrity import Sealer, verify
 
     trainable = trial_trainable(shared)
     if resume and restorable(experiment):
         if not trust_experiment:
             verify(experiment)
-        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return tune.Tuner(
         trainable,
@@ -52,24 +57,28 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=experiment.name,
-            storage_path=str(experiment.parent),
+            storage_path=experiment.parent.uri,
+            sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience), Sealer()],
+            callbacks=[*loggers(), *extra_callbacks, TrialLines(space.max_epochs, space.base.patience), Sealer()],
         ),
     )
 
 
-def restorable(experiment: Path) -> bool:
+def restorable(experiment: Location) -> bool:
     """Tune saved its state there (a folder holding only search_space.yaml is not restorable)."""
-    return (experiment / "tuner.pkl").is_file() and any(experiment.glob("experiment_state-*.json"))
+    names = experiment.files(".")
+    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and "/" not in n for n in names)
 
 
 def run_final_seeds(
-    space: SearchSpace, shared: SharedInputs, experiment: Path, params: dict, n: int, concurrent: int
+    space: SearchSpace, shared: SharedInputs, experiment: Location, params: dict, n: int, concurrent: int
 ) -> list[dict]:
     """Retrain the winner on n further seeds (in parallel trials) and collect their test metrics."""
     from ray import tune
+
+    from balm_tune.callbacks import loggers
 
     seeds = [space.base.seed + i for i in range(1, n + 1)]
     trainable = trial_trainable(dataclasses.replace(shared, evaluate_test=True))
@@ -77,7 +86,7 @@ def run_final_seeds(
         trainable,
         param_space={**params, "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
-        run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0),
+        run_config=tune.RunConfig(name="final_seeds", storage_path=experiment.uri, verbose=0, callbacks=loggers()),
     )
     results = grid.fit()
     return [

@@ -8,6 +8,7 @@ import pytest
 from balm_tune.integrity import DIGESTS, IntegrityError, pickled_files, seal, secret_key, verify
 from balm_tune.search import main as search_main
 from balm_tune.space import load_space
+from balm_tune.storage import open_location
 from tests.conftest import write_tiny_space
 
 
@@ -36,7 +37,7 @@ def _experiment(folder):
     (folder / "train_balm_0001").mkdir()
     (folder / "train_balm_0001" / "params.pkl").write_bytes(pickle.dumps({"lr": 0.1}))
     (folder / "train_balm_0001" / "result.json").write_text("{}")
-    return folder
+    return open_location(folder)
 
 
 def test_the_key_is_created_once_readable_by_the_user_only(cache):
@@ -46,17 +47,19 @@ def test_the_key_is_created_once_readable_by_the_user_only(cache):
 
 
 def test_a_sealed_folder_verifies_and_every_pickle_ray_restores_is_covered(cache, tmp_path):
-    experiment = _experiment(tmp_path / "runs" / "e")
-    assert pickled_files(experiment) == [
+    location = _experiment(tmp_path / "runs" / "e")
+    assert pickled_files(location) == [
         "experiment_state-2026-11-27_10-00-00.json",
         "searcher-state-2026-11-27_10-00-00.pkl",
         "train_balm_0001/params.pkl",
         "tuner.pkl",
     ]
-    seal(experiment)
-    verify(experiment)
-    moved = experiment.rename(tmp_path / "elsewhere")  # digests are of relative paths: a moved folder verifies
-    verify(moved)
+    seal(location)
+    verify(location)
+    moved = (tmp_path / "runs" / "e").rename(
+        tmp_path / "elsewhere"
+    )  # digests of relative paths: a moved folder verifies
+    verify(open_location(moved))
 
 
 @pytest.mark.parametrize(
@@ -74,11 +77,11 @@ def test_a_sealed_folder_verifies_and_every_pickle_ray_restores_is_covered(cache
     ],
 )
 def test_a_changed_added_or_unsigned_pickle_is_refused(cache, tmp_path, tamper, message):
-    experiment = _experiment(tmp_path / "e")
-    seal(experiment)
-    tamper(experiment)
+    location = _experiment(tmp_path / "e")
+    seal(location)
+    tamper(tmp_path / "e")
     with pytest.raises(IntegrityError) as err:
-        verify(experiment)
+        verify(location)
     assert message in str(err.value) and "--trust-experiment" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -106,7 +109,7 @@ def test_a_crafted_pickle_in_an_experiment_folder_is_not_executed_on_resume(cach
     assert f"has no {DIGESTS}" in err and err.count("\n") == 1
     assert not marker.exists()
 
-    seal(experiment)  # signed by this user, then replaced: refused as well
+    seal(open_location(experiment))  # signed by this user, then replaced: refused as well
     (experiment / "tuner.pkl").write_bytes(pickle.dumps(Payload(marker)) + b" ")
     assert search_main(resume) == 2
     assert "tuner.pkl was not written by this user's search" in capsys.readouterr().err
