@@ -117,6 +117,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
 
     from balm_tune.cluster import init_ray
     from balm_tune.export import export_winner, leaderboard, write_leaderboard, write_summary
+    from balm_tune.importance import experiment_importances
+    from balm_tune.report import write_report
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
@@ -151,9 +153,11 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
                 "backbone_loads": sum(r["backbone_loads"] for r in rows),
                 "prompt_builds": sum(r["prompt_builds"] for r in rows),
             },
+            "importances": experiment_importances(experiment, list(space.search)).to_dict(),
         }
         if not winners:
             write_summary(summary, paths["summary"])
+            paths["report"] = write_report(experiment).index
             return SearchResult(experiment, table, summary, paths=paths)
         best = winners[0]
         config = shared.trial_config(best["params"])
@@ -186,6 +190,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             }
         summary["wall_seconds"] = time.perf_counter() - started
         write_summary(summary, paths["summary"])
+        paths["report"] = write_report(experiment).index
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
         ray.shutdown()
