@@ -68,13 +68,14 @@ def history(curves: list[TrialCurve], winner: str | None, windows: str, path: Pa
         if c.trial_id == winner:
             ax.annotate(f"winner {winner}", (c.order, c.best_val_mse), textcoords="offset points", xytext=(5, 8))
     failed = sum(c.ended == "failed" for c in ordered)
-    ax.set_yscale("log")
+    cut = _focus(ax, [c.best_val_mse for c in ordered])
     ax.set_xlabel("trial (start order)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("best validation MSE (standardised)")
     ax.set_title(
         f"Optimisation history: {len(ordered)} trials"
         + (f" ({failed} failed, not drawn)" if failed else "")
+        + cut
         + f"\nvalidation over {windows}",
         fontsize=10,
     )
@@ -102,11 +103,11 @@ def curves(curves: list[TrialCurve], winner: str | None, windows: str, path: Pat
     ]
     handles.append(Line2D([], [], color="black", lw=2.5, label=f"winner {winner}"))
     ax.legend(handles=handles, fontsize=8)
-    ax.set_yscale("log")
+    cut = _focus(ax, [v for c in curves for v in c.val_mse])
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation MSE (standardised)")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_title(f"Validation MSE by epoch, every trial ({len(curves)})\nvalidation over {windows}", fontsize=10)
+    ax.set_title(f"Validation MSE by epoch, every trial ({len(curves)}){cut}\nvalidation over {windows}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 
@@ -150,11 +151,28 @@ def forecasts(windows: list[WindowForecast], caption: str, path: Path, shown_his
         ax.set_ylabel(w.variable)
         scores = "  ".join(f"{_short(name)} {mse:.3g}" for name, mse in w.mse.items())
         ax.text(0.01, 0.02, f"MSE: {scores}", transform=ax.transAxes, fontsize=7, va="bottom")
+    for ax in axes[-1]:
+        ax.set_xlabel("rows from the forecast start")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9)
     fig.suptitle(caption, fontsize=10, y=0.995 - 0.35 / fig.get_figheight())
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
     _save(fig, path)
+
+
+def _focus(ax, values: list[float]) -> str:
+    """Fit the y axis to where the trials are: values far above the median (diverging trials) are cut
+    off so they do not flatten the others; returns the note for the title ("" when nothing is cut)."""
+    finite = np.array([v for v in values if math.isfinite(v)])
+    if len(finite) < 2:
+        return ""
+    low, median = finite.min(), float(np.median(finite))
+    top = median + 3 * max(median - low, 0.02 * median)
+    above = finite[finite > top]
+    if not len(above):
+        return ""
+    ax.set_ylim(low - 0.1 * (top - low), top)
+    return f"; axis cut at {top:.3g}: {len(above)} values above (up to {above.max():.3g})"
 
 
 def _save(fig: Figure, path: Path) -> None:
