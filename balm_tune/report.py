@@ -71,6 +71,7 @@ def write_report(experiment: str | Path) -> Report:
         data = load_data(config)
     val_windows = _windows(len(data.val), config.batch_size, config.max_eval_batches, "validation")
     test_windows = _windows(len(data.test), config.batch_size, config.max_eval_batches, "test")
+    baseline = _repeat_last(data, config)
 
     written = [folder / "history.png", folder / "curves.png"]
     figures.history(trials, winner, val_windows, written[0])
@@ -88,7 +89,7 @@ def write_report(experiment: str | Path) -> Report:
         )
         figures.forecasts(winner_forecasts(trainer, WINDOWS_PER_VARIABLE), caption, written[-1])
     index = folder / "index.html"
-    index.write_text(_index_html(experiment, board, summary, importances, written, val_windows, test_windows))
+    index.write_text(_index_html(experiment, board, summary, importances, written, val_windows, test_windows, baseline))
     return Report(folder, index, written, importances)
 
 
@@ -131,6 +132,14 @@ def _windows(n: int, batch_size: int, max_batches: int | None, split: str) -> st
     return f"all {n:,} {split} windows" if used == n else f"{used:,} evenly spaced of {n:,} {split} windows"
 
 
+def _repeat_last(data, config) -> str:
+    """The repeat-last-value baseline on the same test windows as the winner's test metrics."""
+    from core.train import eval_index, naive_metrics
+
+    naive = naive_metrics(data.test, eval_index(len(data.test), config.batch_size, config.max_eval_batches))
+    return f"Repeating the last value on the same test windows: MSE {naive.mse:.6g}, MAE {naive.mae:.6g}"
+
+
 def _read_leaderboard(experiment: Path) -> list[dict]:
     path = experiment / "leaderboard.csv"
     if not experiment.is_dir():
@@ -156,6 +165,7 @@ def _index_html(
     pictures: list[Path],
     val_windows: str,
     test_windows: str,
+    baseline: str,
 ) -> str:
     e = html.escape
     lines = [
@@ -175,7 +185,8 @@ def _index_html(
         lines.append(
             f"<p>Winner <b>{e(str(w['trial_id']))}</b>: validation MSE {w['best_val_mse']:.6g}, "
             f"MAE {w['best_val_mae']:.6g} ({e(val_windows)}); test MSE {test.get('test_mse', math.nan):.6g}, "
-            f"MAE {test.get('test_mae', math.nan):.6g} ({e(test_windows)}; test data used for the winner only).</p>"
+            f"MAE {test.get('test_mae', math.nan):.6g} ({e(test_windows)}; test data used for the winner only). "
+            f"{e(baseline)}.</p>"
         )
     else:
         lines.append("<p>No trial finished successfully: no winner, no forecasts.</p>")
