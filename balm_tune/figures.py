@@ -35,17 +35,22 @@ class TrialCurve:
 
     @property
     def ended(self) -> str:
-        """finished | stopped | failed: how the figures draw the trial."""
+        """finished | stopped | failed: how the figures draw the trial (stopped: any scheduler's early stop)."""
         if self.status == "failed" or not math.isfinite(self.best_val_mse):
             return "failed"
         return "finished" if self.status == "finished" else "stopped"
 
 
 ENDED_STYLE = {
-    "finished": {"ls": "-", "marker": "o", "label": "finished"},
-    "stopped": {"ls": "--", "marker": "x", "label": "stopped early by ASHA"},
-    "failed": {"ls": ":", "marker": "s", "label": "failed"},
+    "finished": {"ls": "-", "marker": "o"},
+    "stopped": {"ls": "--", "marker": "x"},
+    "failed": {"ls": ":", "marker": "s"},
 }
+
+
+def _labels(curves: list[TrialCurve]) -> dict[str, str]:
+    """Legend text of each drawing style: the leaderboard statuses it stands for ('stopped by ASHA', ...)."""
+    return {ended: ", ".join(sorted({c.status for c in curves if c.ended == ended})) or ended for ended in ENDED_STYLE}
 
 
 def history(curves: list[TrialCurve], winner: str | None, windows: str, path: Path) -> None:
@@ -53,11 +58,12 @@ def history(curves: list[TrialCurve], winner: str | None, windows: str, path: Pa
     fig = Figure(figsize=(8, 4.5), dpi=DPI)
     ax = fig.add_subplot()
     ordered = sorted(curves, key=lambda c: c.order)
+    labels = _labels(curves)
     for ended, style in ENDED_STYLE.items():
         shown = [c for c in ordered if c.ended == ended and math.isfinite(c.best_val_mse)]
         if shown:
             ax.scatter(
-                [c.order for c in shown], [c.best_val_mse for c in shown], marker=style["marker"], label=style["label"]
+                [c.order for c in shown], [c.best_val_mse for c in shown], marker=style["marker"], label=labels[ended]
             )
     best, so_far = math.inf, []
     for c in ordered:
@@ -99,7 +105,8 @@ def curves(curves: list[TrialCurve], winner: str | None, windows: str, path: Pat
         ax.plot(epochs, values, ls=style["ls"], color=colors[c.trial_id], lw=width)
         ax.plot(epochs[-1], values[-1], marker=style["marker"], color=colors[c.trial_id], ms=7)
     handles = [
-        Line2D([], [], color="black", ls=s["ls"], marker=s["marker"], label=s["label"]) for s in ENDED_STYLE.values()
+        Line2D([], [], color="black", ls=s["ls"], marker=s["marker"], label=_labels(curves)[ended])
+        for ended, s in ENDED_STYLE.items()
     ]
     handles.append(Line2D([], [], color="black", lw=2.5, label=f"winner {winner}"))
     ax.legend(handles=handles, fontsize=8)
