@@ -7,13 +7,17 @@ import subprocess
 import sys
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
+import yaml
 from matplotlib.image import imread
 
 from balm_tune.api import run_search
 from balm_tune.forecasts import REPEAT_LAST, WINNER, rebuild_winner, winner_forecasts
-from balm_tune.report import trial_curves
+from balm_tune.importance import MIN_COMPLETE, STUDY_FILE
+from balm_tune.report import trial_curves, write_report
+from core.data import DataError
 from tests.conftest import ETTH1, write_tiny_space
 
 PICTURES = ("history.png", "curves.png", "forecasts.png")
@@ -92,6 +96,44 @@ def test_the_cli_rebuilds_the_report(search, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"report: {copy / 'report' / 'index.html'}" in run.stdout
     assert _pictures(copy / "report") == _pictures(search.experiment / "report")
+
+
+def test_a_persisted_study_with_enough_complete_trials_adds_the_importance_picture(search, tmp_path):
+    copy = tmp_path / "studied"
+    shutil.copytree(search.experiment, copy)
+    backend = optuna.storages.journal.JournalFileBackend(str(copy / STUDY_FILE))
+    study = optuna.create_study(
+        storage=optuna.storages.JournalStorage(backend), study_name="studied", sampler=optuna.samplers.RandomSampler(0)
+    )
+    # the searched keys; the learning rate alone decides the value
+    study.optimize(
+        lambda t: (
+            t.suggest_int("prompt_len", 2, 12),
+            t.suggest_float("contrastive_weight", 0.0, 2.0),
+            t.suggest_float("scale_factor", 0.25, 4.0, log=True),
+            abs(np.log(t.suggest_float("learning_rate", 3e-4, 1e-2, log=True) / 2e-3)),
+        )[-1],
+        n_trials=MIN_COMPLETE,
+    )
+    report = write_report(copy)
+    assert next(iter(report.importances.values)) == "learning_rate"
+    assert (
+        report.folder / "importances.png" in report.figures and imread(report.folder / "importances.png").shape[0] > 100
+    )
+    page = report.index.read_text()
+    assert '<img src="importances.png"' in page and f"over {MIN_COMPLETE} COMPLETE trials): learning_rate" in page
+
+
+def test_a_changed_data_file_is_refused_before_the_model_is_built(search, tmp_path):
+    copy = tmp_path / "changed"
+    shutil.copytree(search.experiment, copy)
+    config = yaml.safe_load((copy / "best_config.yaml").read_text())
+    config["extras"]["data_sha256"] = "0" * 64
+    (copy / "best_config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(
+        DataError, match=r"ETTh1.csv: sha256 f18de3ad269c\.\.\. differs from the searched file's 000000000000"
+    ):
+        rebuild_winner(copy)
 
 
 def test_a_folder_that_is_not_an_experiment_gives_one_line_and_exit_2(tmp_path):
