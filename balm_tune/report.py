@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 REPORT_DIR = "report"
 SPACE_COPY = "search_space.yaml"
 WINDOWS_PER_VARIABLE = 3
+PICTURES = ("history.png", "curves.png", "importances.png", "forecasts.png")
 
 
 class ReportError(BalmError):
@@ -56,6 +57,8 @@ def write_report(experiment: str | Path) -> Report:
     winner = summary.get("winner", {}).get("trial_id")
     folder = experiment / REPORT_DIR
     folder.mkdir(exist_ok=True)
+    for name in PICTURES:  # a rebuild leaves no picture of an earlier build (importances may now be absent)
+        (folder / name).unlink(missing_ok=True)
 
     trials = trial_curves(experiment, board)
     has_winner = (experiment / "best_checkpoint.pt").is_file() and (experiment / "best_config.yaml").is_file()
@@ -73,15 +76,15 @@ def write_report(experiment: str | Path) -> Report:
     test_windows = _windows(len(data.test), config.batch_size, config.max_eval_batches, "test")
     baseline = _repeat_last(data, config)
 
-    written = [folder / "history.png", folder / "curves.png"]
+    written = [folder / PICTURES[0], folder / PICTURES[1]]
     figures.history(trials, winner, val_windows, written[0])
     figures.curves(trials, winner, val_windows, written[1])
     importances = experiment_importances(experiment, list(space.search))
     if importances.values:
-        written.append(folder / "importances.png")
+        written.append(folder / PICTURES[2])
         figures.importances(importances.values, importances.evaluator, importances.complete_trials, written[-1])
     if has_winner:
-        written.append(folder / "forecasts.png")
+        written.append(folder / PICTURES[3])
         caption = (
             f"Winner {winner} on {WINDOWS_PER_VARIABLE} evenly spaced test windows per variable "
             f"(look-back {config.seq_len}, horizon {config.pred_len}; values in the data's units). "

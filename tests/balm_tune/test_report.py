@@ -122,6 +122,8 @@ def test_a_persisted_study_with_enough_complete_trials_adds_the_importance_pictu
     )
     page = report.index.read_text()
     assert '<img src="importances.png"' in page and f"over {MIN_COMPLETE} COMPLETE trials): learning_rate" in page
+    (copy / STUDY_FILE).unlink()  # a rebuild without the study keeps no stale importance picture
+    assert write_report(copy).importances.values == {} and not (report.folder / "importances.png").exists()
 
 
 def test_a_changed_data_file_is_refused_before_the_model_is_built(search, tmp_path):
