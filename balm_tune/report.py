@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 REPORT_DIR = "report"
 SPACE_COPY = "search_space.yaml"
 WINDOWS_PER_VARIABLE = 3
+TEXT_COLUMNS = {"trial_id", "node_id", "status", "reason", "kind", "outcome", "device", "precision"}
 PICTURES = ("history.png", "curves.png", "importances.png", "forecasts.png")
 
 
@@ -199,13 +200,16 @@ def _index_html(
     lines.append("<h2>Leaderboard (leaderboard.csv, best first)</h2>")
     lines.append("<table><tr>" + "".join(f"<th>{e(k)}</th>" for k in board[0]) + "</tr>" if board else "<table>")
     for row in board:
-        lines.append("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in row.values()) + "</tr>")
+        lines.append("<tr>" + "".join(f"<td>{e(_cell(k, v))}</td>" for k, v in row.items()) + "</tr>")
     lines += ["</table>", "</body></html>", ""]
     return "\n".join(lines)
 
 
-def _cell(value: str) -> str:
-    """Floats of the CSV to 4 significant digits; everything else as written."""
+def _cell(column: str, value: str) -> str:
+    """Float columns of the CSV to 4 significant digits; ids, names and integers as written
+    (a trial id such as 1203e807 reads as a float)."""
+    if column in TEXT_COLUMNS:
+        return value
     try:
         number = float(value)
     except ValueError:

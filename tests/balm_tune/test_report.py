@@ -16,7 +16,7 @@ from matplotlib.image import imread
 from balm_tune.api import run_search
 from balm_tune.forecasts import REPEAT_LAST, WINNER, rebuild_winner, winner_forecasts
 from balm_tune.importance import MIN_COMPLETE, STUDY_FILE
-from balm_tune.report import trial_curves, write_report
+from balm_tune.report import _cell, trial_curves, write_report
 from core.data import DataError
 from tests.conftest import ETTH1, write_tiny_space
 
@@ -136,6 +136,11 @@ def test_a_changed_data_file_is_refused_before_the_model_is_built(search, tmp_pa
         DataError, match=r"ETTh1.csv: sha256 f18de3ad269c\.\.\. differs from the searched file's 000000000000"
     ):
         rebuild_winner(copy)
+
+
+def test_leaderboard_cells_keep_ids_as_written_and_shorten_floats():
+    assert _cell("trial_id", "1203e807") == "1203e807"  # a Ray trial id that parses as a float
+    assert _cell("learning_rate", "0.008236400756555733") == "0.008236" and _cell("prompt_len", "12") == "12"
 
 
 def test_a_folder_that_is_not_an_experiment_gives_one_line_and_exit_2(tmp_path):
