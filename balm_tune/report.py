@@ -1,11 +1,14 @@
 """An experiment's report: PNGs and an offline index.html under <experiment>/report/.
 
     python -m balm_tune.report runs/<name>        # (re)build the report of a finished search
+    python -m balm_tune.report s3://bucket/prefix/<name> --out runs   # from remote storage (balm_tune.storage)
 
 Written at the end of every search (balm_tune.api.execute) and rebuildable any time from what the
 search left: leaderboard.csv, summary.json, Ray's per-trial result.json, best_config.yaml +
 best_checkpoint.pt (the winner is rebuilt on the CPU) and, when the search persisted one, the Optuna
-study (optuna.journal) for the importances. index.html uses relative links only, no scripts.
+study (optuna.journal) for the importances. index.html uses relative links only, no scripts. With
+remote storage the report is built in a local copy (<out>/<name>/report/) and uploaded beside the
+experiment (<uri>/report/).
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from core.errors import BalmError
 if TYPE_CHECKING:
     from balm_tune.figures import TrialCurve
     from balm_tune.importance import Importances
+    from balm_tune.storage import Location
 
 REPORT_DIR = "report"
 SPACE_COPY = "search_space.yaml"
 WINDOWS_PER_VARIABLE = 3
 TEXT_COLUMNS = {"trial_id", "node_id", "status", "reason", "kind", "outcome", "device", "precision"}
+# what the report reads; Ray and the Optuna study write the last two at the storage location
+EXPORTED_INPUTS = ("leaderboard.csv", "summary.json", SPACE_COPY, "best_config.yaml", "best_checkpoint.pt")
+TRIAL_INPUTS = ("result.json", "optuna.journal")
 PICTURES = ("history.png", "curves.png", "importances.png", "forecasts.png")
 
 
@@ -45,8 +52,9 @@ class Report:
     importances: Importances
 
 
-def write_report(experiment: str | Path) -> Report:
-    """Build <experiment>/report/ (PNGs + index.html) and return what was written."""
+def write_report(experiment: str | Path, location: Location | None = None) -> Report:
+    """Build <experiment>/report/ (PNGs + index.html) and return what was written; with the storage
+    `location` of a remote experiment, also upload it to <location>/report/."""
     experiment = Path(experiment)
     board = _read_leaderboard(experiment)  # checked before the heavy imports below
     from balm_tune import figures
@@ -94,7 +102,21 @@ def write_report(experiment: str | Path) -> Report:
         figures.forecasts(winner_forecasts(trainer, WINDOWS_PER_VARIABLE), caption, written[-1])
     index = folder / "index.html"
     index.write_text(_index_html(experiment, board, summary, importances, written, val_windows, test_windows, baseline))
+    if location is not None:
+        for path in [*written, index]:
+            location.child(REPORT_DIR, path.name).upload(path)  # no-op when the location is this folder
     return Report(folder, index, written, importances)
+
+
+def fetch_inputs(location: Location, folder: Path, names: tuple[str, ...]) -> int:
+    """Copy the files called `names` (at the top or one folder down: the trials') from the experiment's
+    storage location into the local `folder`; returns how many (none when the location is `folder`)."""
+    if location.is_local and Path(location.path).resolve() == Path(folder).resolve():
+        return 0
+    wanted = [n for n in location.files() if n.rsplit("/", 1)[-1] in names and n.count("/") <= 1]
+    for name in wanted:
+        location.child(name).download(Path(folder) / name)
+    return len(wanted)
 
 
 def trial_curves(experiment: Path, board: list[dict]) -> list[TrialCurve]:
@@ -219,16 +241,29 @@ def _cell(column: str, value: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m balm_tune.report", description=__doc__.splitlines()[0])
-    p.add_argument("experiment", help="experiment folder of a finished search (runs/<name>)")
+    p.add_argument("experiment", help="experiment of a finished search: its folder (runs/<name>) or storage URI")
+    p.add_argument("--out", default="runs", help="with a URI: the local folder that receives <name>/ (default runs/)")
     args = p.parse_args(argv)
     try:
-        report = write_report(args.experiment)
+        report = _from_uri(args.experiment, args.out) if "://" in args.experiment else write_report(args.experiment)
     except BalmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.importances.line())
     print(f"report: {report.index} ({len(report.figures)} figures)")
     return 0
+
+
+def _from_uri(uri: str, out: str) -> Report:
+    """Fetch a remote experiment's inputs into <out>/<name>/, build the report there and upload it."""
+    from balm_tune.storage import open_location, writable_folder
+
+    location = open_location(uri)
+    if not location.child("leaderboard.csv").exists():
+        raise ReportError(f"{uri}: not a finished balm_tune experiment (no leaderboard.csv there)")
+    folder = writable_folder(out, "--out") / location.name
+    fetch_inputs(location, folder, EXPORTED_INPUTS + TRIAL_INPUTS)
+    return write_report(folder, location)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The report every search ends with: real tiny search, real pictures read back, the rebuild CLI."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -96,6 +97,30 @@ def test_the_cli_rebuilds_the_report(search, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"report: {copy / 'report' / 'index.html'}" in run.stdout
     assert _pictures(copy / "report") == _pictures(search.experiment / "report")
+
+
+def test_the_cli_builds_the_report_of_an_experiment_in_s3_and_uploads_it_beside(search, s3_endpoint, tmp_path):
+    from balm_tune.storage import open_location
+
+    location = open_location("s3://balm/reports/rep")
+    for path in search.experiment.rglob("*"):  # the experiment as a search with --storage s3://... leaves it
+        parts = path.relative_to(search.experiment).parts
+        if path.is_file() and parts[0] != "report":
+            location.child(*parts).upload(path)
+    command = [sys.executable, "-m", "balm_tune.report", "s3://balm/reports/rep", "--out", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **s3_endpoint})
+    assert run.returncode == 0, run.stderr[-2000:]
+    local = tmp_path / "rep" / "report"
+    assert _pictures(local) == _pictures(search.experiment / "report")
+    for name in [*_pictures(local), "index.html"]:
+        assert location.child("report", name).read_bytes() == (local / name).read_bytes()
+    missing = [sys.executable, "-m", "balm_tune.report", "s3://balm/reports/none", "--out", str(tmp_path)]
+    run = subprocess.run(missing, capture_output=True, text=True, env={**os.environ, **s3_endpoint})
+    assert (
+        run.returncode == 2
+        and run.stderr
+        == "error: s3://balm/reports/none: not a finished balm_tune experiment (no leaderboard.csv there)\n"
+    )
 
 
 def test_a_persisted_study_with_enough_complete_trials_adds_the_importance_picture(search, tmp_path):
