@@ -183,7 +183,9 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         write_leaderboard,
         write_summary,
     )
+    from balm_tune.importance import experiment_importances
     from balm_tune.integrity import seal
+    from balm_tune.report import TRIAL_INPUTS, fetch_inputs, write_report
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
@@ -235,9 +237,12 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             },
         }
         fetch_tensorboard(location, experiment)
+        fetch_inputs(location, experiment, TRIAL_INPUTS)  # the report's and importances' (remote storage)
+        summary["importances"] = experiment_importances(experiment, list(space.search)).to_dict()
         if not winners:
             write_summary(summary, paths["summary"])
             publish(list(paths.values()), location)
+            paths["report"] = write_report(experiment, location).index
             return SearchResult(experiment, table, summary, paths=paths)
         best = winners[0]
         config = shared.trial_config(best["params"])
@@ -271,6 +276,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         summary["wall_seconds"] = time.perf_counter() - started
         write_summary(summary, paths["summary"])
         publish(list(paths.values()), location)
+        paths["report"] = write_report(experiment, location).index
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
         if sign:

@@ -20,6 +20,7 @@ import sys
 
 from balm_tune.api import SearchPlan, SearchResult, check_cluster, check_final_seeds, execute, prepare_search
 from balm_tune.cluster import check_address
+from balm_tune.importance import Importances
 from balm_tune.space import DEFAULT_SPACE
 from core.config import parse_set_args
 from core.errors import BalmError
@@ -194,10 +195,12 @@ def print_summary(result: SearchResult) -> None:
             f"winner on {len(f['runs'])} further seeds: test mse {f['test_mse_mean']:.6f} +- {f['test_mse_std']:.6f}, "
             f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f}"
         )
+    print(Importances(**summary["importances"]).line())
     print(f"leaderboard:   {paths['leaderboard']}")
     print(f"best config:   {paths['best_config']}")
     print(f"checkpoint:    {paths['best_checkpoint']}")
     print(f"summary:       {paths['summary']}")
+    print(f"report:        {paths['report']}")
     print(f"tensorboard:   tensorboard --logdir {result.experiment}")
     print(f"retrain:       python -m balm_tune.train --config {paths['best_config']}")
 

@@ -332,6 +332,9 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     assert sum(len(r) for r in results.values()) > sum(before.values())  # the resumed search trained the rest
     events = {p.parent.name.split("_")[2] for p in out.glob("train_balm_*/events.out.tfevents.*")}
     assert {r["trial_id"] for r in rows} <= events  # every trial's TensorBoard curves, copied down
+    page = (out / "report" / "index.html").read_text()  # the report, built from S3's trial results, uploaded
+    assert experiment.child("report", "index.html").read_bytes().decode() == page and "curves.png" in page
+    assert all(f"<td>{r['trial_id']}</td>" in page for r in rows)
     winner = json.loads((out / "summary.json").read_text())
     assert winner["experiment"] == "s3://balm/cluster/s3" and winner["test"]["test_mse"] > 0
     assert [r["test_mse"] > 0 for r in winner["final_seeds"]["runs"]] == [True, True]  # final-seed trials use S3 too

@@ -62,6 +62,7 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
     assert f"tensorboard --logdir {experiment}" in out
     assert "To visualize your results with TensorBoard" not in out  # Ray's hint names a folder under /tmp/ray
     assert out.count("[trial ") >= 6  # one line per finished trial
+    assert "importances: " in out and f"report:        {experiment / 'report' / 'index.html'}" in out
     seeds = summary["final_seeds"]  # --final-seeds 2: the winner retrained on seeds 2022 and 2023
     assert sorted(r["seed"] for r in seeds["runs"]) == [best.seed + 1, best.seed + 2]
     assert seeds["test_mse_mean"] == pytest.approx(sum(r["test_mse"] for r in seeds["runs"]) / 2)

@@ -1,0 +1,193 @@
+"""The report's pictures, drawn headless (matplotlib's Agg canvas through `Figure`, no pyplot state).
+
+Each function takes plain data and writes one PNG; every title says which windows its numbers cover.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from PIL import Image
+
+from balm_tune.forecasts import WINNER, WindowForecast
+
+DPI = 80
+METHOD_STYLE = {WINNER: {"color": "tab:blue", "lw": 1.6}}  # baselines: grey/orange dashed, in order
+BASELINE_COLORS = ("tab:gray", "tab:orange", "tab:green")
+
+
+@dataclass
+class TrialCurve:
+    """One trial's validation MSE by epoch (from Ray's result.json) and how it ended."""
+
+    trial_id: str
+    order: int  # 0-based start order of the trial in the search
+    status: str  # the leaderboard's: finished | stopped by ASHA | failed (or the optuna outcome names)
+    epochs: list[int]
+    val_mse: list[float]
+    best_val_mse: float
+
+    @property
+    def ended(self) -> str:
+        """finished | stopped | failed: how the figures draw the trial (stopped: any scheduler's early stop)."""
+        if self.status == "failed" or not math.isfinite(self.best_val_mse):
+            return "failed"
+        return "finished" if self.status == "finished" else "stopped"
+
+
+ENDED_STYLE = {
+    "finished": {"ls": "-", "marker": "o"},
+    "stopped": {"ls": "--", "marker": "x"},
+    "failed": {"ls": ":", "marker": "s"},
+}
+
+
+def _labels(curves: list[TrialCurve]) -> dict[str, str]:
+    """Legend text of each drawing style: the leaderboard statuses it stands for ('stopped by ASHA', ...)."""
+    return {ended: ", ".join(sorted({c.status for c in curves if c.ended == ended})) or ended for ended in ENDED_STYLE}
+
+
+def history(curves: list[TrialCurve], winner: str | None, windows: str, path: Path) -> None:
+    """Every trial's best validation MSE in start order, and the best so far (what the search selects from)."""
+    fig = Figure(figsize=(8, 4.5), dpi=DPI)
+    ax = fig.add_subplot()
+    ordered = sorted(curves, key=lambda c: c.order)
+    labels = _labels(curves)
+    for ended, style in ENDED_STYLE.items():
+        shown = [c for c in ordered if c.ended == ended and math.isfinite(c.best_val_mse)]
+        if shown:
+            ax.scatter(
+                [c.order for c in shown], [c.best_val_mse for c in shown], marker=style["marker"], label=labels[ended]
+            )
+    best, so_far = math.inf, []
+    for c in ordered:
+        best = min(best, c.best_val_mse) if c.ended != "failed" else best
+        so_far.append(best)
+    ax.step([c.order for c in ordered], so_far, where="post", color="black", lw=1.2, label="best so far")
+    for c in ordered:
+        if c.trial_id == winner:
+            ax.annotate(f"winner {winner}", (c.order, c.best_val_mse), textcoords="offset points", xytext=(5, 8))
+    failed = sum(c.ended == "failed" for c in ordered)
+    cut = _focus(ax, [c.best_val_mse for c in ordered])
+    ax.set_xlabel("trial (start order)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("best validation MSE (standardised)")
+    ax.set_title(
+        f"Optimisation history: {len(ordered)} trials"
+        + (f" ({failed} failed, not drawn)" if failed else "")
+        + cut
+        + f"\nvalidation over {windows}",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def curves(curves: list[TrialCurve], winner: str | None, windows: str, path: Path) -> None:
+    """Validation MSE by epoch of every trial; ASHA-stopped and failed trials drawn differently."""
+    fig = Figure(figsize=(8, 4.5), dpi=DPI)
+    ax = fig.add_subplot()
+    colors = {c.trial_id: f"C{i % 10}" for i, c in enumerate(sorted(curves, key=lambda c: c.order))}
+    for c in curves:
+        points = [(e, v) for e, v in zip(c.epochs, c.val_mse) if math.isfinite(v)]
+        if not points:
+            continue
+        style = ENDED_STYLE[c.ended]
+        epochs, values = zip(*points)
+        width = 2.5 if c.trial_id == winner else 1.0
+        ax.plot(epochs, values, ls=style["ls"], color=colors[c.trial_id], lw=width)
+        ax.plot(epochs[-1], values[-1], marker=style["marker"], color=colors[c.trial_id], ms=7)
+    handles = [
+        Line2D([], [], color="black", ls=s["ls"], marker=s["marker"], label=_labels(curves)[ended])
+        for ended, s in ENDED_STYLE.items()
+    ]
+    handles.append(Line2D([], [], color="black", lw=2.5, label=f"winner {winner}"))
+    ax.legend(handles=handles, fontsize=8)
+    cut = _focus(ax, [v for c in curves for v in c.val_mse])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation MSE (standardised)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"Validation MSE by epoch, every trial ({len(curves)}){cut}\nvalidation over {windows}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def importances(values: dict[str, float], evaluator: str, complete: int, path: Path) -> None:
+    """Horizontal bars, most important key on top."""
+    fig = Figure(figsize=(7, 0.5 * len(values) + 1.6), dpi=DPI)
+    ax = fig.add_subplot()
+    keys = list(values)[::-1]
+    ax.barh(keys, [values[k] for k in keys], color="tab:blue")
+    for y, key in enumerate(keys):
+        ax.text(values[key], y, f" {values[key]:.2f}", va="center", fontsize=9)
+    ax.set_xlim(0, 1.1 * max(max(values.values()), 1e-9))
+    ax.set_xlabel("importance (normalised to sum 1)")
+    ax.set_title(
+        f"Importance of the searched keys: {evaluator} over {complete} COMPLETE trials\n"
+        "(final validation MSE; ASHA-pruned trials not counted)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def forecasts(windows: list[WindowForecast], caption: str, path: Path, shown_history: int | None = None) -> None:
+    """One row per variable, one column per window: look-back, truth, the winner's and baselines' forecasts."""
+    variables = list(dict.fromkeys(w.variable for w in windows))
+    per_row = len(windows) // len(variables)
+    fig = Figure(figsize=(5 * per_row, 2.6 * len(variables) + 1.0), dpi=DPI)
+    axes = fig.subplots(len(variables), per_row, squeeze=False)
+    for ax, w in zip(axes.flat, windows):
+        shown = w.history[-shown_history:] if shown_history else w.history
+        horizon = np.arange(len(w.truth))
+        ax.plot(np.arange(-len(shown), 0), shown, color="black", lw=0.9)
+        ax.plot(horizon, w.truth, color="black", lw=1.4, label="truth")
+        baselines = iter(BASELINE_COLORS)
+        for name, values in w.forecasts.items():
+            style = METHOD_STYLE.get(name) or {"color": next(baselines), "lw": 1.1, "ls": "--"}
+            ax.plot(horizon, values, label=name, **style)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_title(f"{w.variable}: forecast from {w.first_date}", fontsize=9)
+        ax.set_ylabel(w.variable)
+        scores = "  ".join(f"{_short(name)} {mse:.3g}" for name, mse in w.mse.items())
+        ax.text(0.01, 0.02, f"MSE: {scores}", transform=ax.transAxes, fontsize=7, va="bottom")
+    for ax in axes[-1]:
+        ax.set_xlabel("rows from the forecast start")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9)
+    fig.suptitle(caption, fontsize=10, y=0.995 - 0.35 / fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
+    _save(fig, path)
+
+
+def _focus(ax, values: list[float]) -> str:
+    """Fit the y axis to where the trials are: values far above the median (diverging trials) are cut
+    off so they do not flatten the others; returns the note for the title ("" when nothing is cut)."""
+    finite = np.array([v for v in values if math.isfinite(v)])
+    if len(finite) < 2:
+        return ""
+    low, median = finite.min(), float(np.median(finite))
+    top = median + 3 * max(median - low, 0.02 * median)
+    above = finite[finite > top]
+    if not len(above):
+        return ""
+    ax.set_ylim(low - 0.1 * (top - low), top)
+    return f"; axis cut at {top:.3g}: {len(above)} values above (up to {above.max():.3g})"
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """PNG with a 256-colour palette: a quarter of the bytes of full colour for line plots."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
+
+
+def _short(method: str) -> str:
+    return "winner" if method == WINNER else method.split(" (")[0]
