@@ -9,11 +9,14 @@
 
 `prepare_search` does every cheap check (space, overrides, data, backbone availability) and starts
 nothing; `execute` runs a prepared search. Selection uses validation only; test metrics are computed
-for the winner alone.
+for the winner alone, over every test window. Two baselines (repeat-last value, closed-form linear;
+core/baselines.py) are scored on the same validation and test windows and go into summary.json and
+leaderboard.csv (rows of kind `baseline`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -116,16 +119,25 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     import ray
 
     from balm_tune.cluster import init_ray
-    from balm_tune.export import export_winner, leaderboard, write_leaderboard, write_summary
+    from balm_tune.export import baseline_rows, export_winner, leaderboard, write_leaderboard, write_summary
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
+    from core.baselines import run_baselines
+    from core.train import prompt_length_warning
 
     space, data, experiment = plan.space, plan.data, plan.experiment
     started = time.perf_counter()
     try:
         print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
         shared = build_shared(space, data)
+        warning = prompt_length_warning(highest_prompt_len(space), shared.prompts)
+        if warning:
+            print(f"warning: {warning}", flush=True)
+        baselines = {
+            name: {split: m.to_dict() for split, m in by_split.items()}
+            for name, by_split in run_baselines(data, space.base).items()
+        }
         concurrent = init_ray(address, space)
         experiment.mkdir(parents=True, exist_ok=True)
         if not plan.resume:
@@ -139,7 +151,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
-        write_leaderboard(rows, paths["leaderboard"])
+        write_leaderboard(rows, paths["leaderboard"], baseline_rows(baselines))
         table = pd.read_csv(paths["leaderboard"])
         winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
         summary = {
@@ -151,6 +163,14 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
                 "backbone_loads": sum(r["backbone_loads"] for r in rows),
                 "prompt_builds": sum(r["prompt_builds"] for r in rows),
             },
+            "windows": {
+                "val": baselines["linear"]["val"]["windows"],
+                "val_total": len(data.val),
+                "test": len(data.test),
+                "note": "validation (selection) on an evenly spaced subset when max_eval_batches is set; "
+                "test on every window",
+            },
+            "baselines": baselines,
         }
         if not winners:
             write_summary(summary, paths["summary"])
@@ -169,11 +189,17 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
         test = ray.get(evaluate.remote(shared, best["params"], str(paths["best_checkpoint"])))
         summary.update(
-            winner={k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
+            winner={
+                **{k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
+                "val_windows": summary["windows"]["val"],
+            },
             params=best["params"],
             test=test,
             provenance=provenance,
         )
+        for scores in baselines.values():
+            scores["winner_beats_on_val"] = best["best_val_mse"] < scores["val"]["mse"]
+            scores["winner_beats_on_test"] = test["test_mse"] < scores["test"]["mse"]
         if final_seeds:
             runs = run_final_seeds(space, shared, experiment, best["params"], final_seeds, concurrent)
             summary["final_seeds"] = {
@@ -189,6 +215,14 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
         ray.shutdown()
+
+
+def highest_prompt_len(space: SearchSpace) -> int:
+    """The largest P any trial of the space can use (a searched null means the default formula)."""
+    searched = space.search.get("prompt_len")
+    values = searched.extremes() if searched else [space.base.prompt_len]
+    default = dataclasses.replace(space.base, prompt_len=None).resolved_prompt_len
+    return max(default if v is None else int(v) for v in values)
 
 
 def versions() -> dict:

@@ -13,6 +13,7 @@ from ray.tune import ResultGrid
 from balm_tune.callbacks import trial_outcome
 from balm_tune.space import SearchSpace
 from balm_tune.trainable import CHECKPOINT_FILE
+from core.baselines import BASELINES
 
 
 def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
@@ -26,6 +27,7 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
         best = metrics.get("best_val_mse", math.inf)
         rows.append(
             {
+                "kind": "trial",
                 "trial_id": metrics.get("trial_id", Path(result.path).name),
                 "status": status,
                 "reason": reason,
@@ -45,12 +47,28 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
     return sorted(rows, key=lambda r: (r["status"] == "failed", r["best_val_mse"]))
 
 
-def write_leaderboard(rows: list[dict], path: Path) -> None:
+def baseline_rows(baselines: dict[str, dict]) -> list[dict]:
+    """Leaderboard rows (kind 'baseline') of the baselines, scored on the trials' validation windows."""
+    return [
+        {
+            "kind": "baseline",
+            "trial_id": name,
+            "status": "baseline",
+            "reason": BASELINES[name],
+            "best_val_mse": scores["val"]["mse"],
+            "best_val_mae": scores["val"]["mae"],
+        }
+        for name, scores in baselines.items()
+    ]
+
+
+def write_leaderboard(rows: list[dict], path: Path, baselines: list[dict] = ()) -> None:
+    """Trials best first, then the baseline rows (column `kind`: trial | baseline)."""
     fields = [k for k in rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([*rows, *baselines])
 
 
 def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple[Path, Path]:

@@ -7,7 +7,8 @@
 
 At the end it writes leaderboard.csv, best_config.yaml, best_checkpoint.pt and summary.json under
 <storage>/<name>/ and prints the command that retrains the winner. Selection uses validation only;
-test metrics are computed for the winner alone.
+test metrics are computed for the winner alone, over every test window, and printed beside the
+repeat-last and linear baselines scored on the same windows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 
 from balm_tune.api import SearchPlan, SearchResult, execute, prepare_search
 from balm_tune.space import DEFAULT_SPACE, SpaceError
+from core.baselines import BASELINES, Metrics, comparison
 from core.config import parse_set_args
 from core.errors import BalmError
 
@@ -117,20 +119,27 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(result: SearchResult) -> None:
     summary, paths = result.summary, result.paths
     outcomes = ", ".join(f"{n} {s}" for s, n in summary["outcomes"].items())
-    winner, test = summary["winner"], summary["test"]
+    winner, test, windows = summary["winner"], summary["test"], summary["windows"]
+    scores = {
+        "val": Metrics(winner["best_val_mse"], winner["best_val_mae"], winner["val_windows"]),
+        "test": Metrics(test["test_mse"], test["test_mae"], test["test_windows"]),
+    }
     print(f"\n{summary['trials']} trials ({outcomes}) in {summary['wall_seconds']:.0f}s")
     print(
-        f"best trial {winner['trial_id']}: val mse {winner['best_val_mse']:.6f} mae {winner['best_val_mae']:.6f} "
+        f"best trial {winner['trial_id']}: val {scores['val'].describe(windows['val_total'])} "
         f"after {winner['epochs_run']} epochs; "
         + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["params"].items())
     )
-    print(f"winner's test mse {test['test_mse']:.6f} mae {test['test_mae']:.6f} (test data used for the winner only)")
+    print(f"winner's test {scores['test'].describe(windows['test'])} (test data used for the winner only)")
     if "final_seeds" in summary:
         f = summary["final_seeds"]
         print(
             f"winner on {len(f['runs'])} further seeds: test mse {f['test_mse_mean']:.6f} +- {f['test_mse_std']:.6f}, "
-            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f}"
+            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows['test']:,} windows)"
         )
+    for name in BASELINES:
+        baseline = {split: Metrics(**summary["baselines"][name][split]) for split in ("val", "test")}
+        print(comparison(name, scores, baseline, who="the winner"))
     print(f"leaderboard:   {paths['leaderboard']}")
     print(f"best config:   {paths['best_config']}")
     print(f"checkpoint:    {paths['best_checkpoint']}")
