@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from balm_tune.space import SearchSpace
 from balm_tune.trainable import SharedInputs, trial_trainable
 
 
-def make_tuner(space: SearchSpace, shared: SharedInputs, experiment: Path, concurrent: int, resume: bool):
-    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`)."""
+def make_tuner(
+    space: SearchSpace,
+    shared: SharedInputs,
+    experiment: Path,
+    concurrent: int,
+    resume: bool,
+    extra_callbacks: Sequence = (),
+):
+    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`); `extra_callbacks`
+    are added to its loggers (experiment trackers, balm_tune.trackers)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from balm_tune.callbacks import TensorBoard, TrialLines
+    from balm_tune.callbacks import TrialLines, loggers
 
     trainable = trial_trainable(shared)
     if resume:
@@ -44,7 +53,7 @@ def make_tuner(space: SearchSpace, shared: SharedInputs, experiment: Path, concu
             storage_path=str(experiment.parent),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)],
+            callbacks=[*loggers(), *extra_callbacks, TrialLines(space.max_epochs, space.base.patience)],
         ),
     )
 
@@ -55,13 +64,15 @@ def run_final_seeds(
     """Retrain the winner on n further seeds (in parallel trials) and collect their test metrics."""
     from ray import tune
 
+    from balm_tune.callbacks import loggers
+
     seeds = [space.base.seed + i for i in range(1, n + 1)]
     trainable = trial_trainable(dataclasses.replace(shared, evaluate_test=True))
     grid = tune.Tuner(
         trainable,
         param_space={**params, "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
-        run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0),
+        run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0, callbacks=loggers()),
     )
     results = grid.fit()
     return [

@@ -42,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import balm_tune.api  # noqa: E402, F401  (sets the search's Tune environment defaults on import)
-from balm_tune.callbacks import TensorBoard, TrialLines  # noqa: E402
+from balm_tune.callbacks import TrialLines, loggers  # noqa: E402
 from balm_tune.cluster import init_ray  # noqa: E402
 from balm_tune.space import SearchSpace, load_space  # noqa: E402
 from balm_tune.trainable import build_shared, trial_trainable  # noqa: E402
@@ -173,7 +173,7 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)],
+            callbacks=[*loggers(), TrialLines(space.max_epochs, space.base.patience)],
         ),
     )
     fit_started = time.perf_counter()
