@@ -66,8 +66,11 @@ class Schedule:
         return {"name": self.name, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"checkpoint schedule {state.get('name')!r} differs from lr_schedule {self.name!r}")
+        if state.get("name") != self.name or "scheduler" not in state:
+            raise ValueError(
+                f"checkpoint schedule {state.get('name')!r} differs from lr_schedule {self.name!r} "
+                "(or was written before schedules were saved)"
+            )
         self.scheduler.load_state_dict(state["scheduler"])
 
 
