@@ -29,7 +29,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # balm_tune.callbacks.loggers() passes them
 
+from balm_tune.cluster import Cluster  # noqa: E402
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
+from balm_tune.storage import Location, open_location, writable_folder  # noqa: E402
 from balm_tune.trackers import Trackers  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
@@ -40,12 +42,16 @@ SPACE_COPY = "search_space.yaml"
 
 @dataclass
 class SearchPlan:
-    """A checked search, ready to run: the resolved space, its data and the experiment folder."""
+    """A checked search, ready to run: the resolved space, its data, where Ray keeps the experiment
+    (`location`: a local folder or a URI every node reaches) and the local folder that receives the
+    exported results (`experiment`; the same folder when the storage is local)."""
 
     space: SearchSpace
     data: ForecastData
     experiment: Path
+    location: Location
     resume: bool = False
+    auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
     trackers: Trackers = field(default_factory=Trackers)
 
 
@@ -66,31 +72,39 @@ def prepare_search(
     *,
     name: str | None = None,
     storage: str | Path = "runs",
+    out: str | Path | None = None,
     resume: bool = False,
     num_samples: int | None = None,
     max_epochs: int | None = None,
     sampler_seed: int | None = None,
     cpus_per_trial: float | None = None,
-    gpus_per_trial: float | None = None,
+    gpus_per_trial: float | str | None = None,
     mlflow: str | None = None,
     wandb: str | None = None,
     **overrides: Any,
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
 
+    `storage` is a folder or a URI (`s3://bucket/prefix`) where Ray keeps trials and checkpoints; the
+    exported files also land in `out`/<name> (default: the storage folder when local, else `runs/`).
     `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
-    sampler seed and resources; `mlflow` (a tracking URI) and `wandb` (a project) add experiment
-    trackers. With `resume`, the space saved in the experiment folder is used.
+    sampler seed and resources (`gpus_per_trial="auto"`: sized on the cluster); `mlflow` (a tracking URI)
+    and `wandb` (a project) add experiment trackers. With `resume`, the space saved in the experiment is used.
     """
     trackers = Trackers(mlflow, wandb).check()
+    auto_gpus = gpus_per_trial == "auto"
     stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiment = Path(storage).resolve() / name
+    location = open_location(storage).child(name)
+    default_out = Path(location.parent.path) if location.is_local else Path("runs")
+    experiment = writable_folder(out, "--out") / name if out is not None else default_out.resolve() / name
     if resume:
-        saved = experiment / SPACE_COPY
-        if not saved.is_file():
-            raise SpaceError(f"--resume: no experiment at {experiment} (missing {SPACE_COPY}); check --storage/--name")
-        space = load_space(saved)
+        saved = location.child(SPACE_COPY)
+        if not saved.exists():
+            raise SpaceError(
+                f"--resume: no experiment at {location.uri} (missing {SPACE_COPY}); check --storage/--name"
+            )
+        space = load_space(saved.download(experiment / SPACE_COPY))
     elif not isinstance(space, SearchSpace):
         space = load_space(space)
     if overrides:
@@ -100,12 +114,13 @@ def prepare_search(
         max_epochs=max_epochs,
         seed=sampler_seed,
         cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
+        gpus_per_trial=None if auto_gpus else gpus_per_trial,
     )
     data = preflight(space.base)  # data file, backbone availability: before anything starts
-    if experiment.exists() and not resume:
-        raise SpaceError(f"{experiment} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, resume, trackers)
+    taken = [where for where, used in ((location.uri, location.exists()), (experiment, experiment.exists())) if used]
+    if taken and not resume:
+        raise SpaceError(f"{taken[0]} exists; continue it with --resume or choose another --name")
+    return SearchPlan(space, data, experiment, location, resume, auto_gpus, trackers)
 
 
 def run_search(
@@ -125,17 +140,27 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     import pandas as pd
     import ray
 
-    from balm_tune.cluster import init_ray
-    from balm_tune.export import baseline_rows, export_winner, leaderboard, write_leaderboard, write_summary
+    from balm_tune.cluster import auto_gpus_per_trial, init_ray
+    from balm_tune.export import (
+        baseline_rows,
+        export_winner,
+        fetch_tensorboard,
+        leaderboard,
+        publish,
+        write_leaderboard,
+        write_summary,
+    )
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
     from core.baselines import run_baselines
     from core.train import prompt_length_warning
 
-    space, data, experiment = plan.space, plan.data, plan.experiment
+    space, data, experiment, location = plan.space, plan.data, plan.experiment, plan.location
     started = time.perf_counter()
     try:
+        cluster = init_ray(address, location)  # reachable; a local storage path is shared by every node
+        concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
         print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
         shared = build_shared(space, data)
         warning = prompt_length_warning(highest_prompt_len(space), shared.prompts)
@@ -145,17 +170,22 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             name: {split: m.to_dict() for split, m in by_split.items()}
             for name, by_split in run_baselines(data, space.base).items()
         }
-        concurrent = init_ray(address, space)
+        if plan.auto_gpus:
+            space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
+            shared = dataclasses.replace(shared, space=space)
+            concurrent = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
+        print(
+            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs "
+            f"now; up to {concurrent} trials at once ({space.cpus_per_trial:g} CPU, {space.gpus_per_trial:g} GPU "
+            f"each); experiment at {location.uri}",
+            flush=True,
+        )
         experiment.mkdir(parents=True, exist_ok=True)
         if not plan.resume:
             space.save(experiment / SPACE_COPY)
-        print(
-            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
-            f"up to {concurrent} trials at once",
-            flush=True,
-        )
+            publish([experiment / SPACE_COPY], location)
         trackers = plan.trackers.callbacks(experiment.name)
-        results = make_tuner(space, shared, experiment, concurrent, plan.resume, trackers).fit()
+        results = make_tuner(space, shared, location, concurrent, plan.resume, trackers).fit()
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
@@ -163,7 +193,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         table = pd.read_csv(paths["leaderboard"])
         winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
         summary = {
-            "experiment": str(experiment),
+            "experiment": location.uri,
+            "results": str(experiment),
             "trials": len(rows),
             "outcomes": {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped by ASHA", "failed")},
             "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
@@ -180,8 +211,10 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             },
             "baselines": baselines,
         }
+        fetch_tensorboard(location, experiment)
         if not winners:
             write_summary(summary, paths["summary"])
+            publish(list(paths.values()), location)
             return SearchResult(experiment, table, summary, paths=paths)
         best = winners[0]
         config = shared.trial_config(best["params"])
@@ -195,7 +228,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         }
         paths["best_config"], paths["best_checkpoint"] = export_winner(best, config, provenance, experiment)
         evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
-        test = ray.get(evaluate.remote(shared, best["params"], str(paths["best_checkpoint"])))
+        test = ray.get(evaluate.remote(shared, best["params"], best["checkpoint"]))
         summary.update(
             winner={
                 **{k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
@@ -209,7 +242,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             scores["winner_beats_on_val"] = best["best_val_mse"] < scores["val"]["mse"]
             scores["winner_beats_on_test"] = test["test_mse"] < scores["test"]["mse"]
         if final_seeds:
-            runs = run_final_seeds(space, shared, experiment, best["params"], final_seeds, concurrent)
+            runs = run_final_seeds(space, shared, location, best["params"], final_seeds, concurrent)
             summary["final_seeds"] = {
                 "runs": runs,
                 **{
@@ -220,6 +253,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             }
         summary["wall_seconds"] = time.perf_counter() - started
         write_summary(summary, paths["summary"])
+        publish(list(paths.values()), location)
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
         ray.shutdown()
@@ -231,6 +265,28 @@ def highest_prompt_len(space: SearchSpace) -> int:
     values = searched.extremes() if searched else [space.base.prompt_len]
     default = dataclasses.replace(space.base, prompt_len=None).resolved_prompt_len
     return max(default if v is None else int(v) for v in values)
+
+
+def trials_at_once(plan: SearchPlan, cluster: Cluster) -> int:
+    """How many of the plan's trials the cluster holds at once (ClusterError when not even one);
+    with `--gpus-per-trial auto` a GPU cluster is sized for a whole GPU per trial until the probe ran."""
+    gpus = (1.0 if cluster.has_gpus else 0.0) if plan.auto_gpus else plan.space.gpus_per_trial
+    return cluster.trials_at_once(plan.space.cpus_per_trial, gpus)
+
+
+def check_cluster(plan: SearchPlan, address: str | None = None) -> int:
+    """--dry-run's cluster checks, starting nothing: the cluster at `address` answers, holds one trial and
+    reaches the storage (without `address`: the local machine's CPUs and GPUs hold one trial)."""
+    import ray
+
+    from balm_tune.cluster import init_ray, local_cluster
+
+    if not address or address == "local":
+        return trials_at_once(plan, local_cluster())
+    try:
+        return trials_at_once(plan, init_ray(address, plan.location))
+    finally:
+        ray.shutdown()
 
 
 def versions() -> dict:

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 from balm_tune.space import SearchSpace
+from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
+
+SYNC_PERIOD_S = 10  # the driver's experiment state reaches remote storage at most this late (Ray's default: 300)
 
 
 def make_tuner(
     space: SearchSpace,
     shared: SharedInputs,
-    experiment: Path,
+    experiment: Location,
     concurrent: int,
     resume: bool,
     extra_callbacks: Sequence = (),
 ):
-    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`); `extra_callbacks`
-    are added to its loggers (experiment trackers, balm_tune.trackers)."""
+    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`, a path or URI);
+    `extra_callbacks` are added to its loggers (experiment trackers, balm_tune.trackers)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -29,7 +31,7 @@ def make_tuner(
 
     trainable = trial_trainable(shared)
     if resume:
-        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return tune.Tuner(
         trainable,
@@ -50,7 +52,8 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=experiment.name,
-            storage_path=str(experiment.parent),
+            storage_path=experiment.parent.uri,
+            sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[*loggers(), *extra_callbacks, TrialLines(space.max_epochs, space.base.patience)],
@@ -59,7 +62,7 @@ def make_tuner(
 
 
 def run_final_seeds(
-    space: SearchSpace, shared: SharedInputs, experiment: Path, params: dict, n: int, concurrent: int
+    space: SearchSpace, shared: SharedInputs, experiment: Location, params: dict, n: int, concurrent: int
 ) -> list[dict]:
     """Retrain the winner on n further seeds (in parallel trials) and collect their test metrics."""
     from ray import tune
@@ -72,7 +75,7 @@ def run_final_seeds(
         trainable,
         param_space={**params, "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
-        run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0, callbacks=loggers()),
+        run_config=tune.RunConfig(name="final_seeds", storage_path=experiment.uri, verbose=0, callbacks=loggers()),
     )
     results = grid.fit()
     return [
