@@ -9,7 +9,9 @@
 
 `prepare_search` does every cheap check (space, overrides, data, backbone availability) and starts
 nothing; `execute` runs a prepared search. Selection uses validation only; test metrics are computed
-for the winner alone.
+for the winner alone, over every test window. Two baselines (repeat-last value, closed-form linear;
+core/baselines.py) are scored on the same validation and test windows and go into summary.json and
+leaderboard.csv (rows of kind `baseline`).
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
 
     from balm_tune.cluster import auto_gpus_per_trial, init_ray
     from balm_tune.export import (
+        baseline_rows,
         export_winner,
         fetch_tensorboard,
         leaderboard,
@@ -189,6 +192,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
+    from core.baselines import run_baselines
+    from core.train import prompt_length_warning
 
     space, data, experiment, location = plan.space, plan.data, plan.experiment, plan.location
     started, sign = time.perf_counter(), False
@@ -197,6 +202,13 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
         print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
         shared = build_shared(space, data)
+        warning = prompt_length_warning(highest_prompt_len(space), shared.prompts)
+        if warning:
+            print(f"warning: {warning}", flush=True)
+        baselines = {
+            name: {split: m.to_dict() for split, m in by_split.items()}
+            for name, by_split in run_baselines(data, space.base).items()
+        }
         if plan.auto_gpus:
             space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
             shared = dataclasses.replace(shared, space=space)
@@ -223,7 +235,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
         if winners:
             verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
-        write_leaderboard(rows, paths["leaderboard"])
+        write_leaderboard(rows, paths["leaderboard"], baseline_rows(baselines))
         table = pd.read_csv(paths["leaderboard"])
         summary = {
             "experiment": location.uri,
@@ -235,6 +247,14 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
                 "backbone_loads": sum(r["backbone_loads"] for r in rows),
                 "prompt_builds": sum(r["prompt_builds"] for r in rows),
             },
+            "windows": {
+                "val": baselines["linear"]["val"]["windows"],
+                "val_total": len(data.val),
+                "test": len(data.test),
+                "note": "validation (selection) on an evenly spaced subset when max_eval_batches is set; "
+                "test on every window",
+            },
+            "baselines": baselines,
         }
         fetch_tensorboard(location, experiment)
         fetch_inputs(location, experiment, TRIAL_INPUTS)  # the report's and importances' (remote storage)
@@ -258,11 +278,17 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
         test = ray.get(evaluate.remote(shared, best["params"], best["checkpoint"]))
         summary.update(
-            winner={k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
+            winner={
+                **{k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
+                "val_windows": summary["windows"]["val"],
+            },
             params=best["params"],
             test=test,
             provenance=provenance,
         )
+        for scores in baselines.values():
+            scores["winner_beats_on_val"] = best["best_val_mse"] < scores["val"]["mse"]
+            scores["winner_beats_on_test"] = test["test_mse"] < scores["test"]["mse"]
         if final_seeds:
             runs = run_final_seeds(space, shared, location, best["params"], final_seeds, concurrent)
             summary["final_seeds"] = {
@@ -282,6 +308,14 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         if sign:
             seal(location)  # the final state (final_seeds/ included), signed for --resume
         ray.shutdown()
+
+
+def highest_prompt_len(space: SearchSpace) -> int:
+    """The largest P any trial of the space can use (a searched null means the default formula)."""
+    searched = space.search.get("prompt_len")
+    values = searched.extremes() if searched else [space.base.prompt_len]
+    default = dataclasses.replace(space.base, prompt_len=None).resolved_prompt_len
+    return max(default if v is None else int(v) for v in values)
 
 
 def trials_at_once(plan: SearchPlan, cluster: Cluster) -> int:

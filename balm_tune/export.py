@@ -15,6 +15,7 @@ from balm_tune.callbacks import trial_outcome
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
+from core.baselines import BASELINES
 from core.errors import BalmError
 
 TENSORBOARD_FILES = "events.out.tfevents"
@@ -39,6 +40,7 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
         best = metrics.get("best_val_mse", math.inf)
         rows.append(
             {
+                "kind": "trial",
                 "trial_id": metrics.get("trial_id", Path(result.path).name),
                 "status": status,
                 "reason": reason,
@@ -68,12 +70,28 @@ def _ended(results: ResultGrid) -> list[bool]:
     return [saved.get(result.path) in ("TERMINATED", "ERROR") for result in results]
 
 
-def write_leaderboard(rows: list[dict], path: Path) -> None:
+def baseline_rows(baselines: dict[str, dict]) -> list[dict]:
+    """Leaderboard rows (kind 'baseline') of the baselines, scored on the trials' validation windows."""
+    return [
+        {
+            "kind": "baseline",
+            "trial_id": name,
+            "status": "baseline",
+            "reason": BASELINES[name],
+            "best_val_mse": scores["val"]["mse"],
+            "best_val_mae": scores["val"]["mae"],
+        }
+        for name, scores in baselines.items()
+    ]
+
+
+def write_leaderboard(rows: list[dict], path: Path, baselines: list[dict] = ()) -> None:
+    """Trials best first, then the baseline rows (column `kind`: trial | baseline); written atomically."""
     fields = [k for k in rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([*rows, *baselines])
     _write_atomic(path, text.getvalue().encode())
 
 

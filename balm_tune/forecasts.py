@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.baselines import BASELINES, LinearForecast, repeat_last
 from core.config import BalmConfig
 from core.data import DataError, ForecastData, load_data, split_borders
 from core.train import Trainer
 
 WINNER = "BALM-TSF (winner)"
-REPEAT_LAST = "repeat last value"
 
 
 @dataclass
@@ -50,12 +50,13 @@ def rebuild_winner(experiment: Path) -> Trainer:
     return trainer
 
 
-def baseline_forecasts(x: torch.Tensor, pred_len: int) -> dict[str, torch.Tensor]:
-    """Forecasts [n, H] of the simple baselines for standardised look-back windows x [n, T].
-
-    Repeat-last-value only: the least-squares linear baseline joins here once core/baselines.py exists.
-    """
-    return {REPEAT_LAST: x[:, -1:].expand(-1, pred_len)}
+def baseline_forecasts(x: torch.Tensor, data: ForecastData) -> dict[str, torch.Tensor]:
+    """Forecasts [n, H] of the simple baselines (core.baselines) for standardised look-backs x [n, T]."""
+    linear = LinearForecast.fit(data.train)  # least squares on every training window: about a second
+    return {
+        BASELINES["repeat_last"]: repeat_last(x, data.train.pred_len),
+        BASELINES["linear"]: linear(x.cpu()).to(x.device),
+    }
 
 
 @torch.no_grad()
@@ -72,7 +73,7 @@ def winner_forecasts(trainer: Trainer, per_variable: int = 3) -> list[WindowFore
         x, y, ids, lengths = trainer.batch("test", index)
         with trainer.autocast():
             forecast = trainer.model(x, ids, lengths).forecast.float()
-        methods = {WINNER: forecast, **baseline_forecasts(x, trainer.config.pred_len)}
+        methods = {WINNER: forecast, **baseline_forecasts(x, data)}
         mean, std = data.mean[channel], data.std[channel]
         for row, start in enumerate(starts):
             out.append(

@@ -71,19 +71,10 @@ def write_report(experiment: str | Path, location: Location | None = None) -> Re
 
     trials = trial_curves(experiment, board)
     has_winner = (experiment / "best_checkpoint.pt").is_file() and (experiment / "best_config.yaml").is_file()
-    if has_winner:  # the rebuilt winner also gives the data (same file and splits for every trial)
-        from balm_tune.forecasts import rebuild_winner, winner_forecasts
-
-        trainer = rebuild_winner(experiment)
-        data, config = trainer.data, trainer.config
-    else:
-        from core.data import load_data
-
-        config = space.base
-        data = load_data(config)
-    val_windows = _windows(len(data.val), config.batch_size, config.max_eval_batches, "validation")
-    test_windows = _windows(len(data.test), config.batch_size, config.max_eval_batches, "test")
-    baseline = _repeat_last(data, config)
+    windows = summary["windows"]
+    val_windows = _windows(windows["val"], windows["val_total"], "validation")
+    test_windows = _windows(windows["test"], windows["test"], "test")
+    baseline = _baselines(summary)
 
     written = [folder / PICTURES[0], folder / PICTURES[1]]
     figures.history(trials, winner, val_windows, written[0])
@@ -92,7 +83,11 @@ def write_report(experiment: str | Path, location: Location | None = None) -> Re
     if importances.values:
         written.append(folder / PICTURES[2])
         figures.importances(importances.values, importances.evaluator, importances.complete_trials, written[-1])
-    if has_winner:
+    if has_winner:  # rebuilt on the CPU from the exported config and checkpoint
+        from balm_tune.forecasts import rebuild_winner, winner_forecasts
+
+        trainer = rebuild_winner(experiment)
+        config = trainer.config
         written.append(folder / PICTURES[3])
         caption = (
             f"Winner {winner} on {WINDOWS_PER_VARIABLE} evenly spaced test windows per variable "
@@ -151,19 +146,18 @@ def _started(results: list[dict]) -> float:
     return first.get("timestamp", 0) - first.get("time_total_s", 0)
 
 
-def _windows(n: int, batch_size: int, max_batches: int | None, split: str) -> str:
-    from core.train import eval_index
-
-    used = len(eval_index(n, batch_size, max_batches))
-    return f"all {n:,} {split} windows" if used == n else f"{used:,} evenly spaced of {n:,} {split} windows"
+def _windows(used: int, total: int, split: str) -> str:
+    return f"all {total:,} {split} windows" if used == total else f"{used:,} evenly spaced of {total:,} {split} windows"
 
 
-def _repeat_last(data, config) -> str:
-    """The repeat-last-value baseline on the same test windows as the winner's test metrics."""
-    from core.train import eval_index, naive_metrics
+def _baselines(summary: dict) -> str:
+    """The baselines (core.baselines) on the same windows as the winner's metrics, from summary.json."""
+    from core.baselines import BASELINES
 
-    naive = naive_metrics(data.test, eval_index(len(data.test), config.batch_size, config.max_eval_batches))
-    return f"Repeating the last value on the same test windows: MSE {naive.mse:.6g}, MAE {naive.mae:.6g}"
+    return "; ".join(
+        f"{BASELINES[name]}: test MSE {scores['test']['mse']:.6g}, MAE {scores['test']['mae']:.6g}"
+        for name, scores in summary["baselines"].items()
+    )
 
 
 def _read_leaderboard(experiment: Path) -> list[dict]:

@@ -10,7 +10,8 @@ or a URI such as s3://bucket/prefix that every node of a cluster reaches). At th
 best_config.yaml, best_checkpoint.pt and summary.json are written there AND to the local folder
 --out/<name> (default: the storage folder when it is local, else runs/<name>), with a copy of every
 trial's TensorBoard event files; it prints the command that retrains the winner. Selection uses
-validation only; test metrics are computed for the winner alone.
+validation only; test metrics are computed for the winner alone, over every test window, and printed
+beside the repeat-last and linear baselines scored on the same windows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from balm_tune.api import SearchPlan, SearchResult, check_cluster, check_final_s
 from balm_tune.cluster import check_address
 from balm_tune.importance import Importances
 from balm_tune.space import DEFAULT_SPACE
+from core.baselines import BASELINES, Metrics, comparison
 from core.config import parse_set_args
 from core.errors import BalmError
 
@@ -181,21 +183,28 @@ def print_interrupted(result: SearchResult) -> None:
 def print_summary(result: SearchResult) -> None:
     summary, paths = result.summary, result.paths
     outcomes = ", ".join(f"{n} {s}" for s, n in summary["outcomes"].items())
-    winner, test = summary["winner"], summary["test"]
+    winner, test, windows = summary["winner"], summary["test"], summary["windows"]
+    scores = {
+        "val": Metrics(winner["best_val_mse"], winner["best_val_mae"], winner["val_windows"]),
+        "test": Metrics(test["test_mse"], test["test_mae"], test["test_windows"]),
+    }
     print(f"\n{summary['trials']} trials ({outcomes}) in {summary['wall_seconds']:.0f}s")
     print(
-        f"best trial {winner['trial_id']}: val mse {winner['best_val_mse']:.6f} mae {winner['best_val_mae']:.6f} "
+        f"best trial {winner['trial_id']}: val {scores['val'].describe(windows['val_total'])} "
         f"after {winner['epochs_run']} epochs; "
         + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["params"].items())
     )
-    print(f"winner's test mse {test['test_mse']:.6f} mae {test['test_mae']:.6f} (test data used for the winner only)")
+    print(f"winner's test {scores['test'].describe(windows['test'])} (test data used for the winner only)")
     if "final_seeds" in summary:
         f = summary["final_seeds"]
         print(
             f"winner on {len(f['runs'])} further seeds: test mse {f['test_mse_mean']:.6f} +- {f['test_mse_std']:.6f}, "
-            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f}"
+            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows['test']:,} windows)"
         )
     print(Importances(**summary["importances"]).line())
+    for name in BASELINES:
+        baseline = {split: Metrics(**summary["baselines"][name][split]) for split in ("val", "test")}
+        print(comparison(name, scores, baseline, who="the winner"))
     print(f"leaderboard:   {paths['leaderboard']}")
     print(f"best config:   {paths['best_config']}")
     print(f"checkpoint:    {paths['best_checkpoint']}")

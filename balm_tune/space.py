@@ -8,6 +8,12 @@
     scheduler: {grace_period: 1, reduction_factor: 2}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
     seed: 0                                              # the Optuna sampler's seed
+    horizons:  {96: {learning_rate: .., epochs: ..}, 336: {..}}   # optional, per pred_len
+
+`horizons` (the paper presets) holds each horizon's own values: the entry of the base's pred_len
+is applied over `base`, and `--set pred_len=336` switches to that entry's values (keys given with
+--set still win). An entry's `epochs` is also the search's budget.max_epochs (the official
+train_epochs). Every entry must set the same keys; a pred_len without an entry is an error.
 
 Everything is checked before Ray starts; errors name the file and the key.
 """
@@ -33,6 +39,7 @@ SECTIONS = {
     "base": None,
     "search": None,
     "seed": None,
+    "horizons": None,
     "budget": {"num_samples", "max_epochs"},
     "scheduler": {"grace_period", "reduction_factor"},
     "resources": {"cpus_per_trial", "gpus_per_trial"},
@@ -106,6 +113,7 @@ class SearchSpace:
     seed: int = 0
     description: str = ""
     gpu_budget: str = ""
+    horizons: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def trial_config(self, params: dict[str, Any]) -> BalmConfig:
         """The full core config of a trial: base + its sampled params, trained for max_epochs."""
@@ -120,12 +128,26 @@ class SearchSpace:
 
     def with_base_overrides(self, overrides: dict[str, Any]) -> SearchSpace:
         """`--set key=value` on the base config; every distribution is re-checked against it."""
+        horizon = self.horizon_values(overrides.get("pred_len", self.base.pred_len))
         try:
-            base = self.base.with_overrides(overrides, source="--set")
+            base = self.base.with_overrides({**horizon, **overrides}, source="--set")
         except ConfigError as err:
             raise SpaceError(str(err)) from None
         search = {k: _distribution(self.path, k, d.to_spec(), base) for k, d in self.search.items()}
-        return dataclasses.replace(self, base=base, search=search)
+        max_epochs = horizon.get("epochs", self.max_epochs) if "epochs" not in overrides else self.max_epochs
+        space = dataclasses.replace(self, base=base, search=search, max_epochs=max_epochs)
+        _check_budget(space)
+        return space
+
+    def horizon_values(self, pred_len: int) -> dict[str, Any]:
+        """The `horizons` entry of pred_len ({} for a space without horizons)."""
+        if not self.horizons:
+            return {}
+        if pred_len not in self.horizons:
+            raise _fail(
+                self.path, "horizons", f"no entry for pred_len {pred_len}; expected one of {sorted(self.horizons)}"
+            )
+        return dict(self.horizons[pred_len])
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form of the resolved space (overrides applied)."""
@@ -141,7 +163,7 @@ class SearchSpace:
         }
 
     def save(self, path: Path) -> None:
-        """Write the resolved space (overrides applied) so that `--resume` needs no flags."""
+        """Write the resolved space (overrides and the horizon's values applied) so that `--resume` needs no flags."""
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def differences(self, other: SearchSpace) -> list[str]:
@@ -271,6 +293,7 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
     search = raw.get("search") or {}
     if not isinstance(search, dict) or not search:
         raise _fail(path, "search", "expected a non-empty mapping of config keys to distributions")
+    horizons = _horizons(path, raw.get("horizons") or {}, base)
     space = SearchSpace(
         path=path,
         base=base,
@@ -281,6 +304,30 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
         seed=raw.get("seed", 0),
         description=raw.get("description", ""),
         gpu_budget=raw.get("gpu_budget", ""),
+        horizons=horizons,
     )
+    if horizons:
+        return space.with_base_overrides({})
     _check_budget(space)
     return space
+
+
+def _horizons(path: Path, raw: Any, base: BalmConfig) -> dict[int, dict[str, Any]]:
+    """Check the `horizons` section: pred_len -> a mapping of config keys, the same keys in every entry."""
+    if not isinstance(raw, dict):
+        raise _fail(path, "horizons", "expected a mapping of pred_len to config values")
+    keys = None
+    for pred_len, values in raw.items():
+        where = f"horizons.{pred_len}"
+        if not isinstance(pred_len, int) or isinstance(pred_len, bool) or pred_len < 1:
+            raise _fail(path, where, f"expected an integer pred_len >= 1, got {pred_len!r}")
+        if not isinstance(values, dict) or "pred_len" in values:
+            raise _fail(path, where, "expected a mapping of config keys (other than pred_len)")
+        if keys is not None and set(values) != keys:
+            raise _fail(path, where, f"sets {sorted(values)}, expected the same keys as the others: {sorted(keys)}")
+        keys = set(values)
+        try:
+            base.with_overrides({**values, "pred_len": pred_len}, source=where)
+        except ConfigError as err:
+            raise SpaceError(f"search space {path}: {err}") from None
+    return dict(raw)

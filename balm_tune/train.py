@@ -1,4 +1,8 @@
-"""Train one BALM config and print its validation and test metrics (no Ray needed).
+"""Train one BALM config and print its validation and test metrics beside two baselines (no Ray needed).
+
+Test metrics are taken over every test window (as the paper scores); validation over the config's
+evenly spaced subset (max_eval_batches) when it sets one. The repeat-last value and the closed-form
+linear model are scored on exactly the same windows (core/baselines.py).
 
 python -m balm_tune.train                                   # the embedded CPU quick start
 python -m balm_tune.train --config runs/<name>/best_config.yaml
@@ -13,10 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from core.baselines import BASELINES, comparison, run_baselines
 from core.config import BalmConfig, parse_set_args, quickstart
 from core.errors import BalmError
 from core.paths import PathError, check_name
-from core.train import EpochReport, Trainer, eval_index, naive_metrics, preflight, provenance
+from core.train import EpochReport, Trainer, preflight, provenance
 
 OUTPUTS = ("config.yaml", "checkpoint.pt", "results.json")  # what a run writes in its folder
 
@@ -43,12 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_config(path: str | None, overrides: list[str]) -> BalmConfig:
     config = BalmConfig.load(path) if path else quickstart()
     return config.with_overrides(parse_set_args(overrides), source="--set") if overrides else config
-
-
-def describe_eval(trainer: Trainer, split: str) -> str:
-    n = len(trainer.windows[split])
-    used = len(eval_index(n, trainer.config.batch_size, trainer.config.max_eval_batches))
-    return f"all {n:,} windows" if used == n else f"{used:,} evenly spaced of {n:,} windows (max_eval_batches)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,27 +80,30 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     fit = trainer.fit(on_epoch=on_epoch, checkpoint_path=out / "checkpoint.pt")
-    test = trainer.evaluate("test", config.max_eval_batches)
-    val_index = eval_index(len(trainer.windows["val"]), config.batch_size, config.max_eval_batches)
-    naive = naive_metrics(trainer.windows["val"], val_index.to(trainer.device))
+    scores = {"val": trainer.evaluate("val", config.max_eval_batches), "test": trainer.evaluate("test")}
+    baselines = run_baselines(trainer.data, config)
+    totals = {split: len(trainer.windows[split]) for split in scores}
     results = {
         "val_mse": fit.best_val_mse,
         "val_mae": fit.best_val_mae,
-        "test_mse": test.mse,
-        "test_mae": test.mae,
+        "val_windows": scores["val"].windows,
+        "test_mse": scores["test"].mse,
+        "test_mae": scores["test"].mae,
+        "test_windows": scores["test"].windows,
         "best_epoch": fit.best_epoch,
         "epochs_run": fit.epochs_run,
-        "naive_val_mse": naive.mse,
-        "val_windows": describe_eval(trainer, "val"),
-        "test_windows": describe_eval(trainer, "test"),
+        "baselines": {
+            name: {split: m.to_dict() for split, m in by_split.items()}
+            | {f"model_beats_on_{split}": scores[split].mse < m.mse for split, m in by_split.items()}
+            for name, by_split in baselines.items()
+        },
         **provenance(trainer),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(
-        f"best epoch {fit.best_epoch}: val mse {fit.best_val_mse:.6f} mae {fit.best_val_mae:.6f} "
-        f"({results['val_windows']}; repeat-last-value baseline mse {naive.mse:.4f})"
-    )
-    print(f"test mse {test.mse:.6f} mae {test.mae:.6f} ({results['test_windows']})")
+    print(f"best epoch {fit.best_epoch}: val {scores['val'].describe(totals['val'])}")
+    print(f"test {scores['test'].describe(totals['test'])}")
+    for name in BASELINES:
+        print(comparison(name, scores, baselines[name]))
     print("wrote " + ", ".join(str(out / name) for name in OUTPUTS))
     return 0
 

@@ -90,6 +90,6 @@ def run_final_seeds(
     )
     results = grid.fit()
     return [
-        {"seed": r.config["seed"], "test_mse": r.metrics.get("test_mse"), "test_mae": r.metrics.get("test_mae")}
+        {"seed": r.config["seed"], **{k: r.metrics.get(k) for k in ("test_mse", "test_mae", "test_windows")}}
         for r in results
     ]

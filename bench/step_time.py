@@ -36,14 +36,16 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.backbones import Backbone, load_backbone
+from core.baselines import eval_index, repeat_last, score
 from core.config import BalmConfig, quickstart
-from core.train import Trainer, eval_index, naive_metrics
+from core.train import Trainer
 
 MODES = {
     "default": {},  # the project's defaults, whatever core.config says they are
@@ -236,7 +238,8 @@ def fewshot(base: BalmConfig) -> dict[str, float]:
         results[f"{mode}_s"] = time.perf_counter() - started
         if "naive" not in results:
             val = trainer.windows["val"]
-            results["naive"] = naive_metrics(val, eval_index(len(val), config.batch_size, config.max_eval_batches)).mse
+            index = eval_index(len(val), config.batch_size, config.max_eval_batches)
+            results["naive"] = score(partial(repeat_last, pred_len=config.pred_len), val, index).mse
     return results
 
 

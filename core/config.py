@@ -64,7 +64,9 @@ class BalmConfig:
     learning_rate: float = 1e-3
     epochs: int = 10
     patience: int = 10
-    lr_schedule: str = "type1"  # type1 (halve per epoch) | reference (type1 from lr/25) | cosine | constant
+    lr_schedule: str = "type1"  # type1 | reference | tst | cos | cosine | constant (core/schedules.py)
+    pct_start: float = 0.2  # tst: share of the steps spent warming up (the official default)
+    batch_groups: int = 1  # k: one optimizer step on k x batch_size windows, InfoNCE within each group
     seed: int = 2021
     max_train_batches: int | None = None  # per epoch; None: all
     max_eval_batches: int | None = None  # evenly spaced fixed subset of windows; None: all
@@ -87,14 +89,14 @@ class BalmConfig:
             "padding": ("left", "right"),
             "prompt_style": ("compact", "reference"),
             "attn_implementation": ("sdpa", "eager"),
-            "lr_schedule": ("type1", "reference", "cosine", "constant"),
+            "lr_schedule": ("type1", "reference", "tst", "cos", "cosine", "constant"),
             "precision": ("auto", "fp32", "bf16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"config key '{key}': got {getattr(self, key)!r}, expected one of {allowed}")
         positive = ["seq_len", "pred_len", "llm_layers", "patch_len", "stride", "d_model", "d_ff"]
-        positive += ["batch_size", "epochs", "patience", "max_train_batches", "max_eval_batches"]
+        positive += ["batch_size", "batch_groups", "epochs", "patience", "max_train_batches", "max_eval_batches"]
         positive += ["num_threads"]
         for key in positive:
             value = getattr(self, key)
@@ -105,6 +107,8 @@ class BalmConfig:
                 raise ConfigError(f"config key '{key}': got {getattr(self, key)}, expected a number > 0")
         if self.contrastive_weight < 0:
             raise ConfigError(f"config key 'contrastive_weight': got {self.contrastive_weight}, expected >= 0")
+        if not 0 < self.pct_start < 1:
+            raise ConfigError(f"config key 'pct_start': got {self.pct_start}, expected 0 < pct_start < 1")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"config key 'dropout': got {self.dropout}, expected 0 <= dropout < 1")
         if not 0 < self.percent <= 100:

@@ -1,4 +1,4 @@
-"""Train and evaluate one BALM config: Adam, an epoch learning-rate schedule, early stopping.
+"""Train and evaluate one BALM config: Adam, the official learning-rate schedules, early stopping.
 
 The heavy inputs (data, frozen backbone, prompt token ids) can be passed in so that callers that
 train many configs (the search) build them once. `Trainer.fit` calls `on_epoch` after every epoch
@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +22,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from core.backbones import Backbone, backbone_shape, load_backbone
+from core.baselines import ErrorSum, Metrics, eval_index
 from core.config import BalmConfig, ConfigError
 from core.data import SPLITS, ForecastData, WindowSet, load_data
 from core.model import BalmModel
 from core.paths import check_output_folder
 from core.prompts import PromptTokens, cached_prompt_tokens
+from core.schedules import Schedule
 
 
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class Metrics:
-    mse: float
-    mae: float
 
 
 @dataclass
@@ -46,7 +43,7 @@ class EpochReport:
     train_contrastive: float
     val_mse: float
     val_mae: float
-    learning_rate: float
+    learning_rate: float  # the rate of the epoch's first optimizer step
     temperature: float
     epoch_seconds: float
     best_val_mse: float
@@ -73,20 +70,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config key 'device': got {name!r} but CUDA is not available here")
     return device
-
-
-def naive_metrics(windows: WindowSet, index: torch.Tensor) -> Metrics:
-    """The repeat-last-value forecast: the baseline any trained model must beat."""
-    x, y = windows.inputs(index), windows.targets(index)
-    error = (x[:, -1:] - y).double()
-    return Metrics(mse=error.square().mean().item(), mae=error.abs().mean().item())
-
-
-def eval_index(n: int, batch_size: int, max_batches: int | None) -> torch.Tensor:
-    """All n windows, or max_batches batches of evenly spaced ones (fixed across epochs and trials)."""
-    if max_batches is None or max_batches * batch_size >= n:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, max_batches * batch_size).round().long().unique()
 
 
 def preflight(
@@ -143,6 +126,27 @@ def check_threads(num_threads: int | None) -> None:
         raise ConfigError(f"config key 'num_threads': got {num_threads}, expected <= {cpus} (the CPUs of this machine)")
 
 
+class PromptLengthWarning(UserWarning):
+    """P exceeds the shortest prompt: some kept hidden states never see the window's statistics."""
+
+
+def prompt_length_warning(prompt_len: int, prompts: dict[str, PromptTokens]) -> str | None:
+    """One line when P exceeds the shortest prompt of the data (in tokens), else None.
+
+    The model keeps the last P hidden states of [V; prompt]. When P > the prompt's token count,
+    the first kept states are the learnable prompt V's own, which in a causal LLM never attend to
+    the statistics. A warning, not an error: the paper's default P at long horizons can exceed it.
+    """
+    shortest = min(int(p.lengths.min()) for p in prompts.values())
+    if prompt_len <= shortest:
+        return None
+    return (
+        f"prompt_len P={prompt_len} exceeds the shortest prompt ({shortest} tokens): up to {prompt_len - shortest} "
+        f"of the {prompt_len} kept hidden states belong to the learnable prompt alone and, in a causal LLM, "
+        f"never see the window's statistics; choose prompt_len <= {shortest} for input-aware text features"
+    )
+
+
 def build_prompts(config: BalmConfig, data: ForecastData, backbone: Backbone) -> dict[str, PromptTokens]:
     """Prompt token ids of every window of every split (disk-cached, see core.prompts)."""
     return {
@@ -177,6 +181,9 @@ class Trainer:
         backbone = backbone or load_backbone(config.backbone, config.llm_layers, config.attn_implementation)
         backbone.set_attention(config.attn_implementation)
         prompts = prompts or build_prompts(config, self.data, backbone)
+        message = prompt_length_warning(config.resolved_prompt_len, prompts)
+        if message:
+            warnings.warn(message, PromptLengthWarning, stacklevel=2)
         self.windows = {
             name: dataclasses.replace(self.data.split(name), series=self.data.split(name).series.to(self.device))
             for name in SPLITS
@@ -186,7 +193,8 @@ class Trainer:
         }
         torch.manual_seed(config.seed)
         self.model = BalmModel(config, backbone).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=self.learning_rate(0))
+        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=config.learning_rate)
+        self.schedule = Schedule(self.optimizer, config, self.batches_per_epoch)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.show_progress = show_progress
         self.epoch = 0
@@ -194,17 +202,12 @@ class Trainer:
         self.best = {"val_mse": math.inf, "val_mae": math.inf, "epoch": 0, "bad_epochs": 0}
         self.best_weights = self.trainable_state()
 
-    # --- schedule -------------------------------------------------------------
-    def learning_rate(self, epoch: int) -> float:
-        """Rate of 0-based `epoch`. `reference`: the official script's OneCycleLR start (lr/25), then halving."""
-        lr, schedule = self.config.learning_rate, self.config.lr_schedule
-        if schedule == "type1":
-            return lr * 0.5**epoch
-        if schedule == "reference":
-            return lr / 25 * 0.5**epoch
-        if schedule == "cosine":
-            return lr * 0.5 * (1 + math.cos(math.pi * epoch / self.config.epochs))
-        return lr
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches of batch_size trained per epoch (full ones only, at most max_train_batches)."""
+        full = len(self.windows["train"]) // self.config.batch_size
+        batches = max(full, 1)  # a split smaller than one batch trains on that one short batch
+        return min(batches, self.config.max_train_batches or batches)
 
     @property
     def precision(self) -> str:
@@ -224,62 +227,76 @@ class Trainer:
         ids, lengths = self.prompts[split].batch(index)
         return windows.inputs(index), windows.targets(index), ids, lengths
 
-    def train_epoch(self) -> dict[str, float]:
-        """One pass over (at most max_train_batches of) the shuffled training windows."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(self.epoch)
-        self.model.train()
-        n, size = len(self.windows["train"]), self.config.batch_size
-        order = torch.randperm(n, generator=self.shuffle)
-        batches = list(order.split(size))
-        if len(batches) > 1 and len(batches[-1]) < size:
-            batches.pop()  # drop_last, as the reference loader
-        batches = batches[: self.config.max_train_batches]
+    def group_losses(self, index: torch.Tensor) -> torch.Tensor:
+        """[loss, mse, contrastive] of one group of windows; InfoNCE negatives come from this group only."""
+        x, y, ids, lengths = self.batch("train", index)
         weight = self.config.contrastive_weight
+        with self.autocast():
+            out = self.model(x, ids, lengths, contrastive=weight > 0)
+        mse = F.mse_loss(out.forecast, y)
+        contrastive = out.contrastive if out.contrastive is not None else torch.zeros((), device=self.device)
+        return torch.stack([mse + weight * contrastive, mse, contrastive])
+
+    def accumulate_gradients(self, groups: list[torch.Tensor]) -> torch.Tensor:
+        """Gradients of the mean of the groups' losses, as len(groups) data-parallel processes average them.
+
+        Each group runs forward and backward alone (its own InfoNCE negatives, its own padding);
+        returns the mean [loss, mse, contrastive] over the groups.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(3, device=self.device)
+        for index in groups:
+            losses = self.group_losses(index)
+            if not torch.isfinite(losses[0]):
+                raise DivergedError(
+                    f"training loss became {losses[0].item()} at epoch {self.epoch + 1} "
+                    f"(learning_rate={self.config.learning_rate:g})"
+                )
+            (losses[0] / len(groups)).backward()
+            totals += losses.detach()
+        return totals / len(groups)
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over (batches_per_epoch batches of) the shuffled training windows.
+
+        One optimizer step takes batch_groups batches of batch_size (the last step of an epoch may
+        take fewer); the schedule steps where the official code steps it (core/schedules.py).
+        """
+        self.model.train()
+        n, size, k = len(self.windows["train"]), self.config.batch_size, self.config.batch_groups
+        order = torch.randperm(n, generator=self.shuffle)
+        batches = list(order.split(size))[: self.batches_per_epoch]  # drop_last, as the reference loader
+        steps = [batches[i : i + k] for i in range(0, len(batches), k)]
         totals = torch.zeros(3, device=self.device)
         progress = tqdm(
-            batches,
+            steps,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
             leave=False,
             disable=not self.show_progress,
-            unit="batch",
+            unit="step",
         )
-        for index in progress:
-            x, y, ids, lengths = self.batch("train", index)
-            with self.autocast():
-                out = self.model(x, ids, lengths, contrastive=weight > 0)
-            mse = F.mse_loss(out.forecast, y)
-            contrastive = out.contrastive if out.contrastive is not None else torch.zeros((), device=self.device)
-            loss = mse + weight * contrastive
-            if not torch.isfinite(loss):
-                raise DivergedError(
-                    f"training loss became {loss.item()} at epoch {self.epoch + 1} "
-                    f"(learning_rate={self.config.learning_rate:g})"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        for groups in progress:
+            losses = self.accumulate_gradients(groups)
             self.optimizer.step()
-            totals += torch.stack([loss.detach(), mse.detach(), contrastive.detach()])
+            self.schedule.after_step()
+            totals += losses
             if self.show_progress:
-                progress.set_postfix(loss=f"{loss.item():.4f}")
-        mean = (totals / max(len(batches), 1)).tolist()
+                progress.set_postfix(loss=f"{losses[0].item():.4f}")
+        mean = (totals / max(len(steps), 1)).tolist()
         return {"train_loss": mean[0], "train_mse": mean[1], "train_contrastive": mean[2]}
 
     @torch.no_grad()
     def evaluate(self, split: str, max_batches: int | None = None) -> Metrics:
-        """MSE and MAE over all windows of a split (or an evenly spaced subset of max_batches batches)."""
+        """MSE and MAE over every window of a split (or the evenly spaced subset of max_batches batches)."""
         self.model.eval()
         index = eval_index(len(self.windows[split]), self.config.batch_size, max_batches)
-        squared = absolute = torch.zeros((), dtype=torch.float64, device=self.device)
+        errors = ErrorSum()
         for chunk in index.split(self.config.batch_size):
             x, y, ids, lengths = self.batch(split, chunk)
             with self.autocast():
                 forecast = self.model(x, ids, lengths).forecast
-            error = (forecast.float() - y).double()
-            squared = squared + error.square().sum()
-            absolute = absolute + error.abs().sum()
-        count = len(index) * self.config.pred_len
-        return Metrics(mse=squared.item() / count, mae=absolute.item() / count)
+            errors.add(forecast.float(), y)
+        return errors.metrics()
 
     # --- the loop -----------------------------------------------------------------
     def fit(
@@ -292,9 +309,11 @@ class Trainer:
         """
         while self.epoch < self.config.epochs and self.best["bad_epochs"] < self.config.patience:
             started = time.perf_counter()
+            learning_rate = self.schedule.learning_rate
             train = self.train_epoch()
             val = self.evaluate("val", self.config.max_eval_batches)
             self.epoch += 1
+            self.schedule.after_epoch()
             is_best = val.mse < self.best["val_mse"]
             if is_best:
                 self.best = {"val_mse": val.mse, "val_mae": val.mae, "epoch": self.epoch, "bad_epochs": 0}
@@ -306,7 +325,7 @@ class Trainer:
                 **train,
                 val_mse=val.mse,
                 val_mae=val.mae,
-                learning_rate=self.optimizer.param_groups[0]["lr"],
+                learning_rate=learning_rate,
                 temperature=self.model.temperature.item(),
                 epoch_seconds=time.perf_counter() - started,
                 best_val_mse=self.best["val_mse"],
@@ -345,7 +364,7 @@ class Trainer:
             "model": self.trainable_state(),
             "best_model": self.best_weights,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"name": self.config.lr_schedule, "next_learning_rate": self.learning_rate(self.epoch)},
+            "scheduler": self.schedule.state_dict(),
             "epoch": self.epoch,
             "best": dict(self.best),
             "history": self.history,
@@ -363,6 +382,7 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
         self.best_weights, self.best, self.history = state["best_model"], state["best"], state["history"]
         self.epoch = state["epoch"]
         torch.set_rng_state(state["rng"]["torch"].cpu())

@@ -15,9 +15,10 @@ import yaml
 from matplotlib.image import imread
 
 from balm_tune.api import run_search
-from balm_tune.forecasts import REPEAT_LAST, WINNER, rebuild_winner, winner_forecasts
+from balm_tune.forecasts import WINNER, rebuild_winner, winner_forecasts
 from balm_tune.importance import MIN_COMPLETE, STUDY_FILE
 from balm_tune.report import _cell, trial_curves, write_report
+from core.baselines import BASELINES
 from core.data import DataError
 from tests.conftest import ETTH1, write_tiny_space
 
@@ -83,10 +84,10 @@ def test_the_forecasts_are_the_exported_winners_in_the_datas_units(search):
     for w in windows:
         row = int(np.flatnonzero(csv["date"] == w.first_date)[0])
         np.testing.assert_allclose(w.truth, csv[w.variable].to_numpy()[row : row + 24], rtol=1e-5, atol=1e-4)
-        np.testing.assert_allclose(w.forecasts[REPEAT_LAST], csv[w.variable].iloc[row - 1], rtol=1e-5)
-        assert set(w.forecasts) == set(w.mse) and w.mse[WINNER] > 0
-    # the rebuilt model is the winner: its test MSE is the search's
-    assert trainer.evaluate("test", trainer.config.max_eval_batches).mse == pytest.approx(search.test["test_mse"])
+        np.testing.assert_allclose(w.forecasts[BASELINES["repeat_last"]], csv[w.variable].iloc[row - 1], rtol=1e-5)
+        assert set(w.forecasts) == set(w.mse) == {WINNER, *BASELINES.values()} and w.mse[WINNER] > 0
+    # the rebuilt model is the winner: its test MSE over every test window is the search's
+    assert trainer.evaluate("test").mse == pytest.approx(search.test["test_mse"])
 
 
 def test_the_cli_rebuilds_the_report(search, tmp_path):

@@ -9,16 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from balm_tune.search import main as search_main
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
-from tests.conftest import search_command, write_tiny_space
+from core.data import load_data
+from tests.conftest import ETTH1, search_command, write_tiny_space
 
 
-def _rows(experiment: Path) -> list[dict]:
+def _rows(experiment: Path, kind: str = "trial") -> list[dict]:
     with open(experiment / "leaderboard.csv") as handle:
-        return list(csv.DictReader(handle))
+        return [row for row in csv.DictReader(handle) if row["kind"] == kind]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,36 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
     assert sorted(r["seed"] for r in seeds["runs"]) == [best.seed + 1, best.seed + 2]
     assert seeds["test_mse_mean"] == pytest.approx(sum(r["test_mse"] for r in seeds["runs"]) / 2)
     assert seeds["test_mse_std"] > 0 and "winner on 2 further seeds: test mse" in out
+
+
+def test_the_winner_is_tested_on_every_test_window_beside_baselines_scored_on_the_same_windows(search):
+    experiment, out = search
+    summary = json.loads((experiment / "summary.json").read_text())
+    data = load_data(BalmConfig(data_path=str(ETTH1), seq_len=96, pred_len=24, percent=10))
+    test_windows = len(data.test)  # 7 variables x 2,857 starts
+    assert summary["test"]["test_windows"] == summary["windows"]["test"] == test_windows == 19_999
+    assert summary["windows"]["val"] == summary["winner"]["val_windows"] == 64  # max_eval_batches 2 x batch 32
+    assert all(run["test_windows"] == test_windows for run in summary["final_seeds"]["runs"])
+    assert f"winner's test mse {summary['test']['test_mse']:.4f}" in out and f"over {test_windows:,} windows" in out
+    winner = summary["winner"]["best_val_mse"]
+    baselines = {row["trial_id"]: row for row in _rows(experiment, "baseline")}
+    assert set(baselines) == set(summary["baselines"]) == {"repeat_last", "linear"}
+    for name, scores in summary["baselines"].items():
+        assert scores["val"]["windows"] == 64 and scores["test"]["windows"] == test_windows
+        assert float(baselines[name]["best_val_mse"]) == pytest.approx(scores["val"]["mse"])
+        assert scores["winner_beats_on_val"] == (winner < scores["val"]["mse"])
+        assert scores["winner_beats_on_test"] == (summary["test"]["test_mse"] < scores["test"]["mse"])
+        verdict = "beats" if scores["winner_beats_on_val"] else "does NOT beat"
+        assert f"the winner {verdict} it on val ({winner:.4f} vs {scores['val']['mse']:.4f})" in out
+    # the linear baseline, refitted here by hand on every training window, scores the same on test
+    x = data.train.inputs(torch.arange(len(data.train))).double()
+    y = data.train.targets(torch.arange(len(data.train))).double()
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    solution = torch.linalg.lstsq(design, y).solution
+    test_x = data.test.inputs(torch.arange(test_windows)).double()
+    forecast = test_x @ solution[:-1] + solution[-1]
+    mse = (forecast - data.test.targets(torch.arange(test_windows)).double()).square().mean().item()
+    assert summary["baselines"]["linear"]["test"]["mse"] == pytest.approx(mse, rel=1e-6)
 
 
 def test_retraining_the_best_config_reproduces_the_winners_validation_mse(search, tmp_path):

@@ -1,3 +1,4 @@
+import re
 import subprocess
 from pathlib import Path
 
@@ -181,3 +182,39 @@ def test_exponent_numbers_in_set_reach_the_search(write_space, tmp_path, capsys)
     path = write_space()
     assert search_main(["--space", str(path), "--storage", str(tmp_path), "--dry-run", "--set", "dropout=1e-1"]) == 0
     assert "dry run" in capsys.readouterr().out
+
+
+def test_a_paper_preset_switches_to_the_official_values_of_the_chosen_horizon():
+    space = load_space(SPACES[0].parent / "paper_ettm1.yaml")  # scripts_long_term/BALM_ETTm1_GPT2.sh
+    assert (space.base.batch_size, space.base.learning_rate, space.base.patience) == (32, 0.001, 10)
+    assert (space.base.d_model, space.base.d_ff, space.base.batch_groups) == (64, 256, 4)
+    h720 = space.with_base_overrides({"pred_len": 720})
+    assert (h720.base.lr_schedule, h720.base.batch_size, h720.base.patience) == ("tst", 24, 20)
+    assert h720.max_epochs == 100 and h720.base.pred_len == 720
+    mine = space.with_base_overrides({"pred_len": 336, "patience": 3})  # keys given with --set still win
+    assert (mine.base.learning_rate, mine.base.patience) == (0.005, 3)
+    weather = load_space(SPACES[0].parent / "paper_weather.yaml").with_base_overrides({"pred_len": 336})
+    assert (weather.base.lr_schedule, weather.max_epochs, weather.base.batch_size) == ("cos", 10, 16)
+
+
+@pytest.mark.parametrize(
+    ("horizons", "message"),
+    [
+        (
+            {96: {"batch_size": 8}, 192: {"batch_size": 8, "d_model": 8}},
+            "'horizons.192': sets ['batch_size', 'd_model']",
+        ),
+        ({96: {"batch_size": 0}}, "config key 'batch_size': got 0"),
+        ({"h96": {"batch_size": 8}}, "'horizons.h96': expected an integer pred_len"),
+    ],
+)
+def test_bad_horizon_tables_are_rejected_naming_the_entry(write_space, horizons, message):
+    with pytest.raises(SpaceError, match=re.escape(message)):
+        load_space(write_space(horizons=horizons))
+
+
+def test_a_horizon_without_an_entry_is_an_error_before_anything_starts(write_space):
+    space = load_space(write_space(base={"pred_len": 24}, horizons={24: {"batch_size": 16}, 48: {"batch_size": 8}}))
+    assert space.base.batch_size == 16
+    with pytest.raises(SpaceError, match=r"'horizons': no entry for pred_len 96; expected one of \[24, 48\]"):
+        space.with_base_overrides({"pred_len": 96})

@@ -38,9 +38,10 @@ def test_mlflow_has_one_run_per_trial_with_its_params_and_epoch_metrics(tracked)
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tracked")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == len(result.leaderboard) == 2
+    trials = result.leaderboard[result.leaderboard["kind"] == "trial"]
+    assert len(runs) == len(trials) == 2
     by_prompt_len = {int(r.data.params["prompt_len"]): r for r in runs}
-    for _, row in result.leaderboard.iterrows():
+    for _, row in trials.iterrows():
         run = by_prompt_len[int(row["prompt_len"])]
         assert set(run.data.params) >= SEARCHED
         history = client.get_metric_history(run.info.run_id, "val_mse")
@@ -74,7 +75,8 @@ def _wandb_records(path):
 def test_wandb_offline_writes_one_run_per_trial_with_its_config_and_epoch_metrics(tracked):
     folder, result = tracked
     runs = sorted((folder / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == len(result.leaderboard)
+    trials = result.leaderboard[result.leaderboard["kind"] == "trial"]
+    assert len(runs) == len(trials)
     best = set()
     for run in runs:
         config, val_mse = {}, []
@@ -88,7 +90,7 @@ def test_wandb_offline_writes_one_run_per_trial_with_its_config_and_epoch_metric
                 val_mse.append(float(row["val_mse"]))
         assert set(config) >= SEARCHED
         best.add(round(min(val_mse), 9))
-    assert best == {round(v, 9) for v in result.leaderboard["best_val_mse"]}
+    assert best == {round(v, 9) for v in trials["best_val_mse"]}
 
 
 def test_wandb_without_credentials_is_one_line_before_anything_starts(tmp_path, monkeypatch):

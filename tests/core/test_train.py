@@ -1,18 +1,22 @@
 import dataclasses
+import json
+import warnings
 
 import pytest
 import torch
 
 from balm_tune.train import main as train_main
+from core.baselines import repeat_last, score
 from core.config import BalmConfig
-from core.train import Trainer, eval_index, naive_metrics
+from core.train import PromptLengthWarning, Trainer, eval_index
 
 
 def test_short_real_training_beats_the_repeat_last_value_forecast(tiny_config):
     config = dataclasses.replace(tiny_config, epochs=3, max_train_batches=40, max_eval_batches=8, learning_rate=0.005)
     trainer = Trainer(config, show_progress=False)
     fit = trainer.fit()
-    naive = naive_metrics(trainer.windows["val"], eval_index(len(trainer.windows["val"]), 32, 8))
+    val = trainer.windows["val"]
+    naive = score(lambda x: repeat_last(x, config.pred_len), val, eval_index(len(val), 32, 8))
     assert fit.best_val_mse < 0.9 * naive.mse, (fit.best_val_mse, naive.mse)
     assert trainer.evaluate("val", 8).mse == pytest.approx(fit.best_val_mse)  # best weights are loaded at the end
 
@@ -48,16 +52,61 @@ def test_resume_from_checkpoint_gives_the_same_next_epoch_as_an_uninterrupted_ru
 @pytest.mark.parametrize(
     ("schedule", "rates"),
     [
-        ("type1", [1e-2, 5e-3, 2.5e-3]),
-        ("reference", [4e-4, 2e-4, 1e-4]),
-        ("constant", [1e-2, 1e-2, 1e-2]),
-        ("cosine", [1e-2, 8.535534e-3, 5e-3]),
+        ("type1", [1e-2, 1e-2, 5e-3]),  # the official adjust_learning_rate(epoch + 1) after each epoch
+        ("reference", [4e-4, 4e-4, 2e-4]),  # the official run: OneCycleLR's lr/25, then type1
     ],
 )
-def test_learning_rate_schedules(tiny_config, schedule, rates):
-    config = dataclasses.replace(tiny_config, epochs=4, lr_schedule=schedule, learning_rate=1e-2)
+def test_training_runs_each_epoch_at_the_official_rate(tiny_config, schedule, rates):
+    config = dataclasses.replace(tiny_config, epochs=3, max_train_batches=1, lr_schedule=schedule, learning_rate=1e-2)
+    history = Trainer(config, show_progress=False).fit().history
+    assert [h["learning_rate"] for h in history] == pytest.approx(rates)
+
+
+def test_tst_steps_the_rate_after_every_optimizer_step_and_resumes_mid_cycle(tiny_config, tmp_path):
+    config = dataclasses.replace(tiny_config, epochs=2, max_train_batches=4, lr_schedule="tst", learning_rate=1e-2)
     trainer = Trainer(config, show_progress=False)
-    assert [trainer.learning_rate(e) for e in range(3)] == pytest.approx(rates)
+    trainer.fit(checkpoint_path=tmp_path / "ckpt.pt")
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]), max_lr=1e-2, total_steps=8, pct_start=0.2
+    )
+    for _ in range(8):  # 2 epochs x 4 batches: the cycle has run to its end
+        one_cycle.optimizer.step()
+        if one_cycle.last_epoch < 8:
+            one_cycle.step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(one_cycle.get_last_lr()[0])
+    restored = Trainer(config, show_progress=False)
+    restored.load(tmp_path / "ckpt.pt")
+    assert restored.schedule.scheduler.state_dict() == trainer.schedule.scheduler.state_dict()
+
+
+def test_k_batch_groups_average_the_gradients_of_k_separate_group_losses(tiny_config):
+    config = dataclasses.replace(tiny_config, batch_groups=2, dropout=0.0, contrastive_weight=1.0, batch_size=8)
+    trainer = Trainer(config, show_progress=False)
+    groups = [torch.arange(0, 8), torch.arange(100, 108)]
+    losses = trainer.accumulate_gradients(groups)
+    grouped = [p.grad.clone() for p in trainer.model.trainable_parameters()]
+
+    def loss_of(index):  # one process: its own forward, MSE + InfoNCE among its own 8 windows
+        x, y, ids, lengths = trainer.batch("train", index)
+        out = trainer.model(x, ids, lengths, contrastive=True)
+        return torch.nn.functional.mse_loss(out.forecast, y) + out.contrastive
+
+    separate = [torch.autograd.grad(loss_of(g), trainer.model.trainable_parameters()) for g in groups]
+    for got, *each in zip(grouped, *separate, strict=True):
+        torch.testing.assert_close(got, sum(each) / len(each), rtol=1e-5, atol=1e-7)
+    assert losses[0].item() == pytest.approx(sum(loss_of(g).item() for g in groups) / 2, rel=1e-5)
+    # one batch of all 16 windows is a different objective: InfoNCE would see 15 negatives per row
+    whole = torch.autograd.grad(loss_of(torch.cat(groups)), trainer.model.trainable_parameters())
+    assert not torch.allclose(whole[0], grouped[0], rtol=1e-3)
+
+
+def test_a_prompt_length_beyond_the_shortest_prompt_is_warned_about_before_training(tiny_config):
+    config = dataclasses.replace(tiny_config, seq_len=512, prompt_style="compact")  # compact: ~20 GPT-2 tokens
+    with pytest.warns(PromptLengthWarning, match=r"prompt_len P=64 exceeds the shortest prompt \(\d+ tokens\)"):
+        Trainer(dataclasses.replace(config, prompt_len=64), show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptLengthWarning)
+        Trainer(dataclasses.replace(config, prompt_len=4), show_progress=False)
 
 
 def test_early_stopping_on_validation_mse(tiny_config):
@@ -150,6 +199,15 @@ def test_train_cli_trains_and_writes_results(tiny_config, tmp_path, capsys):
         train_main(["--config", str(path), "--set", "epochs=1", "--out", str(tmp_path), "--name", "r", "--quiet"]) == 0
     )
     out = capsys.readouterr().out
-    assert "val mse" in out and "test mse" in out
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["test_windows"] == 19_999 and results["val_windows"] == 64  # every test window; val subset
+    assert f"test mse {results['test_mse']:.4f} mae {results['test_mae']:.4f} over 19,999 windows" in out
+    assert "val mse" in out and "over 64 of 19,999 windows" in out
+    for name in ("repeat-last value", "linear (least squares, look-back -> horizon)"):
+        assert f"baseline {name}: val mse" in out
+    linear = results["baselines"]["linear"]
+    assert linear["test"]["windows"] == 19_999 and linear["model_beats_on_test"] == (
+        results["test_mse"] < linear["test"]["mse"]
+    )
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"config.yaml", "checkpoint.pt", "results.json"}
     assert BalmConfig.load(tmp_path / "r" / "config.yaml").epochs == 1

@@ -1,0 +1,139 @@
+"""Simple forecasts that every BALM score is shown beside, scored on exactly the same windows.
+
+- repeat-last value: the last look-back value held for the whole horizon;
+- linear: one weight matrix look-back -> horizon plus a bias, shared by every variable, fitted in
+  closed form (least squares, normal equations in float64) on all training windows of the run
+  (for few-shot runs: the kept `percent`% of them), as the linear models of the long-term
+  forecasting literature (Zeng et al., "Are Transformers Effective for Time Series Forecasting?").
+
+A model that does not beat the linear model on validation has learnt nothing the look-back's linear
+structure does not already give; the CLIs and the search summary say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from core.config import BalmConfig
+from core.data import ForecastData, WindowSet
+
+CHUNK = 4096  # windows per block when fitting or scoring (bounded memory at T=512, H=720)
+BASELINES = {"repeat_last": "repeat-last value", "linear": "linear (least squares, look-back -> horizon)"}
+
+
+@dataclass
+class Metrics:
+    """MSE and MAE on standardised values, and over how many windows they were taken."""
+
+    mse: float
+    mae: float
+    windows: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self, total: int | None = None) -> str:
+        """'mse 0.3815 mae 0.4012 over 19,495 windows' (+ 'of N' when a subset)."""
+        of = f" of {total:,}" if total is not None and total != self.windows else ""
+        return f"mse {self.mse:.4f} mae {self.mae:.4f} over {self.windows:,}{of} windows"
+
+
+class ErrorSum:
+    """Accumulates squared and absolute errors block by block (float64) into Metrics."""
+
+    def __init__(self) -> None:
+        self.squared = self.absolute = 0.0
+        self.windows = self.values = 0
+
+    def add(self, forecast: torch.Tensor, target: torch.Tensor) -> None:
+        error = (forecast.double() - target.double()).detach()
+        self.squared += error.square().sum().item()
+        self.absolute += error.abs().sum().item()
+        self.windows += error.shape[0]
+        self.values += error.numel()
+
+    def metrics(self) -> Metrics:
+        values = max(self.values, 1)
+        return Metrics(self.squared / values, self.absolute / values, self.windows)
+
+
+def eval_index(n: int, batch_size: int, max_batches: int | None) -> torch.Tensor:
+    """All n windows, or max_batches batches of evenly spaced ones (fixed across epochs and trials)."""
+    if max_batches is None or max_batches * batch_size >= n:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, max_batches * batch_size).round().long().unique()
+
+
+def repeat_last(x: torch.Tensor, pred_len: int) -> torch.Tensor:
+    """x [B, T] -> [B, H]: the last value, repeated."""
+    return x[:, -1:].expand(-1, pred_len)
+
+
+@dataclass
+class LinearForecast:
+    """forecast = x @ weight + bias; weight [T, H] and bias [H] in float64."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @classmethod
+    def fit(cls, windows: WindowSet) -> LinearForecast:
+        """Least squares over every window of `windows` via the normal equations (float64)."""
+        width = windows.seq_len + 1
+        gram = torch.zeros(width, width, dtype=torch.float64)
+        moment = torch.zeros(width, windows.pred_len, dtype=torch.float64)
+        for index in torch.arange(len(windows)).split(CHUNK):
+            x = windows.inputs(index.to(windows.series.device)).double().cpu()
+            design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+            gram += design.T @ design
+            moment += design.T @ windows.targets(index.to(windows.series.device)).double().cpu()
+        solution = torch.linalg.lstsq(gram, moment).solution  # [T + 1, H]; lstsq: robust if gram is singular
+        return cls(weight=solution[:-1], bias=solution[-1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double().cpu() @ self.weight + self.bias
+
+
+def score(forecast: Callable[[torch.Tensor], torch.Tensor], windows: WindowSet, index: torch.Tensor) -> Metrics:
+    """Metrics of `forecast` (look-backs [B, T] -> [B, H]) on the windows `index` of a split."""
+    errors = ErrorSum()
+    for chunk in index.split(CHUNK):
+        chunk = chunk.to(windows.series.device)
+        errors.add(forecast(windows.inputs(chunk)).cpu(), windows.targets(chunk).cpu())
+    return errors.metrics()
+
+
+def baseline_metrics(
+    train: WindowSet, splits: dict[str, tuple[WindowSet, torch.Tensor]]
+) -> dict[str, dict[str, Metrics]]:
+    """{baseline: {split: Metrics}} for every baseline, the linear model fitted on `train`.
+
+    `splits` maps a split name to (its windows, the index of the windows the model is scored on).
+    """
+    linear = LinearForecast.fit(train)
+    forecasts = {"repeat_last": lambda x: repeat_last(x, train.pred_len), "linear": linear}
+    return {
+        name: {split: score(forecast, windows, index) for split, (windows, index) in splits.items()}
+        for name, forecast in forecasts.items()
+    }
+
+
+def run_baselines(data: ForecastData, config: BalmConfig) -> dict[str, dict[str, Metrics]]:
+    """Baselines on the windows a run is scored on: validation's eval_index subset, every test window."""
+    val = eval_index(len(data.val), config.batch_size, config.max_eval_batches)
+    return baseline_metrics(data.train, {"val": (data.val, val), "test": (data.test, torch.arange(len(data.test)))})
+
+
+def comparison(name: str, model: dict[str, Metrics], baseline: dict[str, Metrics], who: str = "the model") -> str:
+    """One line: the baseline's scores and whether `who` beats it (lower MSE) on each split."""
+    scores = ", ".join(f"{split} {baseline[split].describe()}" for split in baseline)
+    verdicts = [
+        f"{'beats' if model[split].mse < baseline[split].mse else 'does NOT beat'} it on {split} "
+        f"({model[split].mse:.4f} vs {baseline[split].mse:.4f})"
+        for split in baseline
+        if split in model
+    ]
+    return f"baseline {BASELINES[name]}: {scores}; {who} " + " and ".join(verdicts)
