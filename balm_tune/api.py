@@ -14,10 +14,12 @@ for the winner alone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,10 @@ from typing import Any
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
 
-from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
+from balm_tune.optuna_search import JOURNAL, close_study, finished_trials  # noqa: E402
+from balm_tune.outcome import Outcome  # noqa: E402
+from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space  # noqa: E402
+from balm_tune.tuner import WarmStart  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
 from core.train import preflight  # noqa: E402
@@ -41,6 +46,7 @@ class SearchPlan:
     data: ForecastData
     experiment: Path
     resume: bool = False
+    warm_start: WarmStart | None = None
 
 
 @dataclass
@@ -66,12 +72,16 @@ def prepare_search(
     sampler_seed: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
+    enqueue: str | Path | list[dict] | None = None,
+    warm_start: str | Path | None = None,
     **overrides: Any,
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
 
     `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
     sampler seed and resources. With `resume`, the space saved in the experiment folder is used.
+    `enqueue`: configs (or a YAML file of them) evaluated first, after the space's own `enqueue`;
+    `warm_start`: a finished experiment (folder, or name under `storage`) whose study seeds the sampler.
     """
     stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -92,10 +102,28 @@ def prepare_search(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
     )
+    if enqueue is not None and not resume:
+        points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
+        space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
+    seeds = None if warm_start is None or resume else load_warm_start(Path(storage), warm_start, space)
     data = preflight(space.base)  # data file, backbone availability: before anything starts
     if experiment.exists() and not resume:
         raise SpaceError(f"{experiment} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, resume)
+    return SearchPlan(space, data, experiment, resume, seeds)
+
+
+def load_warm_start(storage: Path, source: str | Path, space: SearchSpace) -> WarmStart:
+    """The finished trials of experiment `source` (a folder, or a name under `storage`) that fit `space`."""
+    folder = Path(source) if Path(source).is_dir() else storage / str(source)
+    journal = folder / JOURNAL
+    if not journal.is_file():
+        raise SpaceError(f"--warm-start {source}: no Optuna study at {journal}")
+    trials = [t for t in finished_trials(journal, folder.name) if set(t.params) == set(space.search)]
+    if not trials:
+        raise SpaceError(
+            f"--warm-start {source}: no finished trial searched the keys {sorted(space.search)} of this space"
+        )
+    return WarmStart(str(folder.resolve()), trials)
 
 
 def run_search(
@@ -135,17 +163,25 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             f"up to {concurrent} trials at once",
             flush=True,
         )
-        results = make_tuner(space, shared, experiment, concurrent, plan.resume).fit()
+        results = make_tuner(space, shared, experiment, concurrent, plan.resume, plan.warm_start).fit()
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
+        if (experiment / JOURNAL).is_file():  # every searcher but PBT's keeps the Optuna study
+            paths["study"] = experiment / JOURNAL
+            close_study(paths["study"], experiment.name)
         write_leaderboard(rows, paths["leaderboard"])
         table = pd.read_csv(paths["leaderboard"])
-        winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
+        winners = [r for r in rows if r["outcome"] is not Outcome.FAILED and r["checkpoint"]]
         summary = {
             "experiment": str(experiment),
             "trials": len(rows),
-            "outcomes": {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped by ASHA", "failed")},
+            "outcomes": dict(Counter(r["status"] for r in rows)),
+            "strategy": {"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
+            "study": {"journal": str(paths["study"]), "name": experiment.name} if "study" in paths else None,
+            "warm_start": {"from": plan.warm_start.source, "trials": len(plan.warm_start.trials)}
+            if plan.warm_start
+            else None,
             "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
             "built_in_trials": {
                 "backbone_loads": sum(r["backbone_loads"] for r in rows),

@@ -1,51 +1,114 @@
-"""The Ray Tune set-up of a search (Optuna TPE proposes, ASHA prunes) and of the winner's retraining."""
+"""The Ray Tune set-up, built in one place (`build_tuner`) for the search, the winner's retraining on
+further seeds and the benchmarks; `make_tuner` adds the space's searcher and scheduler."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from balm_tune.space import SearchSpace
 from balm_tune.trainable import SharedInputs, trial_trainable
 
+METRIC = "best_val_mse"  # what every searcher and scheduler minimises
 
-def make_tuner(space: SearchSpace, shared: SharedInputs, experiment: Path, concurrent: int, resume: bool):
-    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`)."""
-    import optuna
+
+@dataclasses.dataclass
+class WarmStart:
+    """Finished trials of another study that seed a new search's sampler (`--warm-start`)."""
+
+    source: str  # the other experiment's folder
+    trials: list  # optuna FrozenTrials, COMPLETE and PRUNED
+
+
+def build_tuner(
+    shared: SharedInputs,
+    folder: Path,
+    *,
+    param_space: dict[str, Any],
+    num_samples: int = 1,
+    concurrent: int = 1,
+    search_alg=None,
+    scheduler=None,
+    callbacks: list | None = None,
+    verbose: int | None = None,
+    resume: bool = False,
+):
+    """A `tune.Tuner` over the BALM trainable writing to `folder` (or the interrupted one restored from it):
+    the trials' resources, checkpoints, failure policy and actor reuse are the same for every caller."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    from balm_tune.callbacks import TensorBoard, TrialLines
 
     trainable = trial_trainable(shared)
     if resume:
-        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
-        param_space=space.param_space(),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=space.seed)),
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=space.max_epochs,
-                grace_period=space.grace_period,
-                reduction_factor=space.reduction_factor,
-            ),
-            metric="best_val_mse",
-            mode="min",
-            num_samples=space.num_samples,
-            max_concurrent_trials=min(concurrent, space.num_samples),
+            search_alg=search_alg,
+            scheduler=scheduler,
+            metric=METRIC if search_alg or scheduler else None,
+            mode="min" if search_alg or scheduler else None,
+            num_samples=num_samples,
+            max_concurrent_trials=concurrent,
             reuse_actors=True,  # one worker process runs trial after trial: no per-trial import and start-up
         ),
         run_config=tune.RunConfig(
-            name=experiment.name,
-            storage_path=str(experiment.parent),
+            name=folder.name,
+            storage_path=str(folder.parent),
+            verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TensorBoard(), TrialLines(space.max_epochs, space.base.patience)],
+            callbacks=callbacks,
         ),
+    )
+
+
+def make_tuner(
+    space: SearchSpace,
+    shared: SharedInputs,
+    experiment: Path,
+    concurrent: int,
+    resume: bool,
+    warm_start: WarmStart | None = None,
+    verbose: int | None = None,
+):
+    """The search's Tuner: the space's searcher (an Optuna sampler inside `StudySearch`, the study in
+    <experiment>/optuna.journal named after the experiment) and scheduler, with its callbacks."""
+    import optuna
+    from ray.tune.search import BasicVariantGenerator
+
+    from balm_tune.callbacks import TensorBoard, TrialLines
+    from balm_tune.optuna_search import JOURNAL
+    from balm_tune.strategies import create_scheduler, create_searcher
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if space.scheduler.type == "pbt":  # Ray allows no searcher beside PBT: it samples its own population
+        search_alg = BasicVariantGenerator(points_to_evaluate=space.enqueue or None, random_state=space.seed)
+    else:
+        search_alg = create_searcher(
+            space.searcher,
+            seed=space.seed,
+            journal=experiment / JOURNAL,
+            study_name=experiment.name,
+            max_epochs=space.max_epochs,
+            patience=space.base.patience,
+            points_to_evaluate=space.enqueue,
+            seed_trials=warm_start.trials if warm_start else [],
+            seed_source=warm_start.source if warm_start else "",
+        )
+    lines = TrialLines(space.max_epochs, space.base.patience, space.scheduler.type)
+    return build_tuner(
+        shared,
+        experiment,
+        param_space=space.param_space(),
+        num_samples=space.num_samples,
+        concurrent=min(concurrent, space.num_samples),
+        search_alg=search_alg,
+        scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
+        callbacks=[TensorBoard(), lines],
+        verbose=verbose,
+        resume=resume,
     )
 
 
@@ -56,12 +119,12 @@ def run_final_seeds(
     from ray import tune
 
     seeds = [space.base.seed + i for i in range(1, n + 1)]
-    trainable = trial_trainable(dataclasses.replace(shared, evaluate_test=True))
-    grid = tune.Tuner(
-        trainable,
+    grid = build_tuner(
+        dataclasses.replace(shared, evaluate_test=True),
+        experiment / "final_seeds",
         param_space={**params, "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
-        run_config=tune.RunConfig(name="final_seeds", storage_path=str(experiment), verbose=0),
+        concurrent=min(concurrent, n),
+        verbose=0,
     )
     results = grid.fit()
     return [

@@ -44,7 +44,7 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
         "epochs_run",
         "status",
     } <= set(rows[0])
-    assert any(r["status"] == "stopped by ASHA" for r in rows), rows
+    assert any(r["status"] == "pruned by asha" for r in rows), rows
     assert float(rows[0]["best_val_mse"]) == min(float(r["best_val_mse"]) for r in rows)
     best = BalmConfig.load(experiment / "best_config.yaml")
     assert best.epochs == 3 and best.prompt_len == int(rows[0]["prompt_len"])
