@@ -139,7 +139,8 @@ def run_search(
 
 
 def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) -> SearchResult:
-    """Run a prepared search on a local Ray (or the cluster at `address`) and export the winner."""
+    """Run a prepared search on a local Ray (or the cluster at `address`, or the Ray this process has
+    already initialised, which is left running) and export the winner."""
     import pandas as pd
     import ray
 
@@ -150,7 +151,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     from core import backbones, prompts
 
     space, data, experiment = plan.space, plan.data, plan.experiment
-    started = time.perf_counter()
+    started, own_ray = time.perf_counter(), not ray.is_initialized()
     try:
         print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
         shared = build_shared(space, data)
@@ -224,7 +225,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         write_summary(summary, paths["summary"])
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
-        ray.shutdown()
+        if own_ray:  # a Ray the caller started stays up
+            ray.shutdown()
 
 
 def versions() -> dict:

@@ -9,10 +9,13 @@ from balm_tune.space import SearchSpace
 
 
 def init_ray(address: str | None, space: SearchSpace) -> int:
-    """Join a cluster or start a local Ray; returns how many trials fit at once."""
+    """Join a cluster or start a local Ray (or use the Ray this process already started, as a Python API
+    user may have); returns how many trials fit at once."""
     import ray
 
-    if address:
+    if ray.is_initialized():
+        pass
+    elif address:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray >= 2.59 clusters use token authentication
         ray.init(address=address, log_to_driver=False)
     else:

@@ -32,11 +32,11 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from balm_tune.outcome import trial_outcome
+from balm_tune.strategies import STUDY_OPTIONS
 
 JOURNAL = "optuna.journal"
 RAY_TRIAL_ID = "ray_trial_id"
 WARM_START = "warm_start_from"
-PRUNED_TRIALS = ("pruned", "complete")  # how scheduler-stopped trials are told to Optuna
 
 
 def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
@@ -71,8 +71,8 @@ class StudySearch(Searcher):
         seed_source: str = "",
     ):
         super().__init__(metric=metric, mode="min")
-        if pruned_trials not in PRUNED_TRIALS:
-            raise ValueError(f"pruned_trials: got {pruned_trials!r}, expected one of {PRUNED_TRIALS}")
+        if pruned_trials not in STUDY_OPTIONS["pruned_trials"]:
+            raise ValueError(f"pruned_trials: got {pruned_trials!r}, expected one of {STUDY_OPTIONS['pruned_trials']}")
         self.journal, self.study_name, self.sampler = Path(journal), study_name, sampler
         self.max_epochs, self.patience = max_epochs, patience
         self.intermediate, self.pruned_trials = intermediate, pruned_trials

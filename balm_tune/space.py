@@ -322,7 +322,7 @@ def check_points(source: str, points: Any, search: dict[str, Distribution]) -> l
                 raise SpaceError(f"{source}: 'enqueue[{i}].{key}': not a searched key; searched: {sorted(search)}")
             if not dist.contains(value):
                 shown = dist.values if dist.kind == "choice" else f"[{dist.low}, {dist.high}]"
-                raise SpaceError(f"{source}: 'enqueue[{i}].{key}': got {value!r}, expected a {dist.kind} in {shown}")
+                raise SpaceError(f"{source}: 'enqueue[{i}].{key}': got {value!r}, expected {dist.kind} in {shown}")
     return points
 
 

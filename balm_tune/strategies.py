@@ -70,8 +70,8 @@ DEFAULT_SEARCHER = Strategy("tpe")
 DEFAULT_SCHEDULER = Strategy("asha", {"grace_period": 1, "reduction_factor": 2})
 # set by the search, never by the space file
 SET_BY_SEARCH = {"seed", "metric", "mode", "time_attr", "max_t", "hyperparam_mutations", "stop_last_trials"}
-# StudySearch's own option (how scheduler-stopped trials are told to Optuna), beside the sampler's keywords
-STUDY_OPTIONS = {"pruned_trials"}
+# StudySearch's own options beside the sampler's keywords: how scheduler-stopped trials are told to Optuna
+STUDY_OPTIONS = {"pruned_trials": ("pruned", "complete")}
 
 
 def parse_strategy(where: str, raw: Any, table: dict[str, Entry], default: Strategy) -> Strategy:
@@ -89,10 +89,13 @@ def parse_strategy(where: str, raw: Any, table: dict[str, Entry], default: Strat
     reserved = sorted(set(options) & SET_BY_SEARCH)
     if reserved:
         raise StrategyError(f"'{where}.{reserved[0]}': set by the search (the top-level 'seed', epochs, max_epochs)")
-    allowed = _keywords(table[kind].load()) | (STUDY_OPTIONS if table is SEARCHERS else set())
+    allowed = _keywords(table[kind].load()) | (set(STUDY_OPTIONS) if table is SEARCHERS else set())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise StrategyError(f"'{where}.{unknown[0]}': unknown keyword of {kind}; expected one of {sorted(allowed)}")
+    for key, values in STUDY_OPTIONS.items():
+        if key in options and options[key] not in values:
+            raise StrategyError(f"'{where}.{key}': got {options[key]!r}, expected one of {list(values)}")
     return Strategy(kind, options)
 
 

@@ -31,6 +31,7 @@ def build_tuner(
     search_alg=None,
     scheduler=None,
     callbacks: list | None = None,
+    stop: dict | None = None,
     verbose: int | None = None,
     resume: bool = False,
 ):
@@ -56,6 +57,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=folder.name,
             storage_path=str(folder.parent),
+            stop=stop,
             verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -107,6 +109,8 @@ def make_tuner(
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
         callbacks=[TensorBoard(), lines],
+        # PBT has no max_t: without this it would still replace a trial's config after its last epoch
+        stop={"epoch": space.max_epochs} if space.scheduler.type == "pbt" else None,
         verbose=verbose,
         resume=resume,
     )
