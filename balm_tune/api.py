@@ -26,10 +26,12 @@ from typing import Any
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # balm_tune.callbacks.loggers() passes them
 
 from balm_tune.optuna_search import JOURNAL, close_study, finished_trials  # noqa: E402
 from balm_tune.outcome import Outcome  # noqa: E402
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space  # noqa: E402
+from balm_tune.trackers import Trackers  # noqa: E402
 from balm_tune.tuner import WarmStart  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
@@ -46,6 +48,7 @@ class SearchPlan:
     data: ForecastData
     experiment: Path
     resume: bool = False
+    trackers: Trackers = field(default_factory=Trackers)
     warm_start: WarmStart | None = None
 
 
@@ -74,15 +77,19 @@ def prepare_search(
     gpus_per_trial: float | None = None,
     enqueue: str | Path | list[dict] | None = None,
     warm_start: str | Path | None = None,
+    mlflow: str | None = None,
+    wandb: str | None = None,
     **overrides: Any,
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
 
     `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
-    sampler seed and resources. With `resume`, the space saved in the experiment folder is used.
+    sampler seed and resources; `mlflow` (a tracking URI) and `wandb` (a project) add experiment
+    trackers. With `resume`, the space saved in the experiment folder is used.
     `enqueue`: configs (or a YAML file of them) evaluated first, after the space's own `enqueue`;
     `warm_start`: a finished experiment (folder, or name under `storage`) whose study seeds the sampler.
     """
+    trackers = Trackers(mlflow, wandb).check()
     stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = Path(storage).resolve() / name
@@ -109,7 +116,7 @@ def prepare_search(
     data = preflight(space.base)  # data file, backbone availability: before anything starts
     if experiment.exists() and not resume:
         raise SpaceError(f"{experiment} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, resume, seeds)
+    return SearchPlan(space, data, experiment, resume, trackers, seeds)
 
 
 def load_warm_start(storage: Path, source: str | Path, space: SearchSpace) -> WarmStart:
@@ -164,7 +171,10 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             f"up to {concurrent} trials at once",
             flush=True,
         )
-        results = make_tuner(space, shared, experiment, concurrent, plan.resume, plan.warm_start).fit()
+        trackers = plan.trackers.callbacks(experiment.name)
+        results = make_tuner(
+            space, shared, experiment, concurrent, plan.resume, plan.warm_start, extra_callbacks=trackers
+        ).fit()
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ray import tune
-from ray.tune.logger import TBXLoggerCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback, TBXLoggerCallback
 
 from balm_tune.outcome import trial_outcome
 
@@ -24,10 +24,9 @@ CURVES = (
 FINAL = ("best_val_mse", "best_val_mae", "epoch")
 
 
-class TensorBoard(TBXLoggerCallback):
-    """Ray's TensorBoard logger (event files in each trial folder), limited to BALM's metrics, with an
-    HParams entry per trial: the searched values against the final best val MSE/MAE. Being a
-    TBXLoggerCallback, it replaces the logger Tune would add by default (no duplicate event files)."""
+class _BalmTBX(TBXLoggerCallback):
+    """Ray's TensorBoard writer limited to BALM's metrics, with an HParams entry per trial: the searched
+    values against the final best val MSE/MAE."""
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         kept = {k: v for k, v in result.items() if k in CURVES or k == "training_iteration"}
@@ -36,6 +35,33 @@ class TensorBoard(TBXLoggerCallback):
     def _try_log_hparams(self, trial, result: dict) -> None:
         final = {f"ray/tune/{k}": result[f"ray/tune/{k}"] for k in FINAL if f"ray/tune/{k}" in result}
         super()._try_log_hparams(trial, final)
+
+
+class TensorBoard(LoggerCallback):
+    """TensorBoard event files in each trial folder of the experiment (`tensorboard --logdir <experiment>`).
+
+    It wraps Ray's writer instead of being one: Tune prints a `tensorboard --logdir` hint for its
+    driver-side staging folder (under /tmp/ray) whenever a TBXLoggerCallback is present, a folder that
+    holds none of these curves. The search passes Tune's CSV and JSON loggers explicitly and turns off its
+    automatic ones (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so no logger is doubled.
+    """
+
+    def __init__(self):
+        self._writer = _BalmTBX()
+
+    def log_trial_start(self, trial) -> None:
+        self._writer.log_trial_start(trial)
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        self._writer.log_trial_result(iteration, trial, result)
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        self._writer.log_trial_end(trial, failed)
+
+
+def loggers() -> list[LoggerCallback]:
+    """Every logger a search writes with: Tune's result.json/progress.csv and BALM's TensorBoard."""
+    return [CSVLoggerCallback(), JsonLoggerCallback(), TensorBoard()]
 
 
 class TrialLines(tune.Callback):

@@ -68,6 +68,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="retrain the winner on N further seeds and report test MSE/MAE as mean +- std",
     )
     p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log every trial's params and metrics to MLflow (e.g. sqlite:///mlflow.db or http://host:5000)",
+    )
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="log every trial to this Weights & Biases project (WANDB_MODE=offline writes runs locally)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="validate space, data and backbone availability, print the plan, start nothing",
@@ -121,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             gpus_per_trial=args.gpus_per_trial,
             enqueue=args.enqueue,
             warm_start=args.warm_start,
+            mlflow=args.mlflow,
+            wandb=args.wandb,
             **parse_set_args(args.set),
         )
     except BalmError as err:

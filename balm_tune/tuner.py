@@ -4,6 +4,7 @@ further seeds and the benchmarks; `make_tuner` adds the space's searcher and sch
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,11 @@ def build_tuner(
     resume: bool = False,
 ):
     """A `tune.Tuner` over the BALM trainable writing to `folder` (or the interrupted one restored from it):
-    the trials' resources, checkpoints, failure policy and actor reuse are the same for every caller."""
+    the trials' resources, checkpoints, failure policy, actor reuse and loggers (result.json, progress.csv,
+    TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them."""
     from ray import tune
+
+    from balm_tune.callbacks import loggers
 
     trainable = trial_trainable(shared)
     if resume:
@@ -61,7 +65,7 @@ def build_tuner(
             verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=[*loggers(), *(callbacks or [])],
         ),
     )
 
@@ -73,14 +77,16 @@ def make_tuner(
     concurrent: int,
     resume: bool,
     warm_start: WarmStart | None = None,
+    extra_callbacks: Sequence = (),
     verbose: int | None = None,
 ):
     """The search's Tuner: the space's searcher (an Optuna sampler inside `StudySearch`, the study in
-    <experiment>/optuna.journal named after the experiment) and scheduler, with its callbacks."""
+    <experiment>/optuna.journal named after the experiment) and scheduler, with its callbacks;
+    `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers."""
     import optuna
     from ray.tune.search import BasicVariantGenerator
 
-    from balm_tune.callbacks import TensorBoard, TrialLines
+    from balm_tune.callbacks import TrialLines
     from balm_tune.optuna_search import JOURNAL
     from balm_tune.strategies import create_scheduler, create_searcher
 
@@ -108,7 +114,7 @@ def make_tuner(
         concurrent=min(concurrent, space.num_samples),
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
-        callbacks=[TensorBoard(), lines],
+        callbacks=[*extra_callbacks, lines],
         # PBT has no max_t: without this it would still replace a trial's config after its last epoch
         stop={"epoch": space.max_epochs} if space.scheduler.type == "pbt" else None,
         verbose=verbose,

@@ -7,12 +7,12 @@ Run from the repository root (2 CPU cores: about 5 minutes; take the lock so oth
     python bench/step_time.py --quick          # smoke run, about a minute
     python bench/step_time.py --steps 30 --no-fewshot --profile
 
-Two settings (DESIGN.md sections 2, 3):
+Two settings (docs/model.md):
   paper       ETTh1, T=512, H=96, batch 24, backbone 'gpt2-random' (GPT-2-small shape, random weights,
               GPT-2's real tokenizer) cut to 6 layers, d_model 32, d_ff 128
   quickstart  core.config.quickstart(): SmolLM2-135M cut to 1 layer, T=96, batch 32
 
-Two modes of the same code (DESIGN.md 3b):
+Two modes of the same code (docs/reference.md):
   default     the project defaults (compact prompt, 2 decimals, left padding + mask, LLM dropout off, sdpa,
               the learnable prefix computed once per batch)
   reference   the paper's prompt wording with full float repr, padding 'right' (no mask), llm_dropout True,
@@ -60,7 +60,7 @@ FEWSHOT = {"percent": 10.0, "epochs": 3, "max_train_batches": 30, "max_eval_batc
 
 
 def paper_config() -> BalmConfig:
-    """The paper's ETTh1 shape with the benchmark backbone (DESIGN.md section 3, last paragraph)."""
+    """The paper's ETTh1 shape with the benchmark backbone gpt2-random (docs/model.md, check figure)."""
     return BalmConfig(
         data_path="embedded:ETTh1",
         seq_len=512,

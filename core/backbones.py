@@ -1,4 +1,4 @@
-"""Frozen LLM backbones, loaded offline by name (DESIGN.md section 3).
+"""Frozen LLM backbones, loaded offline by name (docs/model.md, "Backbones").
 
 | name            | model                                   | weights from                                  |
 |-----------------|-----------------------------------------|-----------------------------------------------|

@@ -37,7 +37,7 @@ class BalmConfig:
     backbone: str = "gpt2"  # registry name, HF id or local directory (core/backbones.py)
     llm_layers: int = 6
 
-    # --- model (DESIGN.md section 2) ---
+    # --- model (docs/model.md) ---
     patch_len: int = 16
     stride: int = 8
     d_model: int = 32

@@ -1,7 +1,7 @@
 """Long-term-forecasting CSVs -> standardised splits -> channel-independent windows.
 
 A CSV has a `date` column and one column per variable. Splits follow the published convention
-(../shared/data/README.md): ETT hourly 12/4/4 months, ETT minutely the same at 4x the rows, other
+(the Informer/Autoformer convention): ETT hourly 12/4/4 months, ETT minutely the same at 4x the rows, other
 files 70/10/20; validation and test windows look back `seq_len` rows into the previous split. The
 scaler is fitted on the train split only. Every (start, variable) pair is one window, indexed
 `variable * n_starts + start` as in the reference loaders.

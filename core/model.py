@@ -1,4 +1,4 @@
-"""The BALM-TSF model (DESIGN.md section 2), one file top to bottom.
+"""The BALM-TSF model (arXiv 2509.00622; docs/model.md), one file top to bottom.
 
 Shapes: B rows (one variable of one window each: channel independence), look-back T, horizon H,
 patches n = (T - p) // s + 2, learnable prompt length P, LLM width D.

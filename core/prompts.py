@@ -1,4 +1,4 @@
-"""The statistics prompt (DESIGN.md step 3), computed for every window of a split at once.
+"""The statistics prompt (docs/model.md step 3), computed for every window of a split at once.
 
 Statistics depend only on the input window, never on trainable weights, so they are computed and
 tokenised once per (split, tokenizer, number format) and cached on disk: later epochs, trials and

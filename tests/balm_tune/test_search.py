@@ -60,6 +60,8 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
     assert summary["built_in_driver"]["backbone_loads"] == 1
     assert summary["built_in_trials"] == {"backbone_loads": 0, "prompt_builds": 0}
     assert f"python -m balm_tune.train --config {experiment / 'best_config.yaml'}" in out
+    assert f"tensorboard --logdir {experiment}" in out
+    assert "To visualize your results with TensorBoard" not in out  # Ray's hint names a folder under /tmp/ray
     assert out.count("[trial ") >= 6  # one line per finished trial
     seeds = summary["final_seeds"]  # --final-seeds 2: the winner retrained on seeds 2022 and 2023
     assert sorted(r["seed"] for r in seeds["runs"]) == [best.seed + 1, best.seed + 2]
