@@ -33,6 +33,7 @@ def build_tuner(
     scheduler=None,
     callbacks: list | None = None,
     stop: dict | None = None,
+    checkpoints: int = 2,
     verbose: int | None = None,
     resume: bool = False,
 ):
@@ -64,7 +65,7 @@ def build_tuner(
             stop=stop,
             verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints),
             callbacks=[*loggers(), *(callbacks or [])],
         ),
     )
@@ -115,8 +116,10 @@ def make_tuner(
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
         callbacks=[*extra_callbacks, lines],
-        # PBT has no max_t: without this it would still replace a trial's config after its last epoch
+        # PBT has no max_t: without this it would still replace a trial's config after its last epoch; it
+        # clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
         stop={"epoch": space.max_epochs} if space.scheduler.type == "pbt" else None,
+        checkpoints=4 if space.scheduler.type == "pbt" else 2,
         verbose=verbose,
         resume=resume,
     )

@@ -215,3 +215,30 @@ def test_tunes_param_space_keeps_the_search_keys_as_optuna_param_names(tmp_path)
     searcher = _searcher(tmp_path)
     assert set(searcher.suggest("a")) == {"prompt_len", "contrastive_weight", "scale_factor", "learning_rate"}
     assert isinstance(searcher.study.trials[0].distributions["prompt_len"], optuna.distributions.IntDistribution)
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "message"),
+    [
+        (
+            "--enqueue",
+            "- {prompt_len: 99}\n",
+            "--enqueue .*enq.yaml: 'enqueue\\[0\\].prompt_len': got 99, expected int",
+        ),
+        ("--enqueue", "prompt_len: 3\n", "--enqueue .*enq.yaml: 'enqueue': expected a list of mappings"),
+        ("--warm-start", None, "--warm-start .*nowhere: no Optuna study at .*nowhere/optuna.journal"),
+    ],
+)
+def test_a_bad_enqueue_file_or_warm_start_is_one_line_and_exit_2(tmp_path, capsys, flag, content, message):
+    import re
+
+    from balm_tune.search import main
+
+    value = str(tmp_path / "nowhere")
+    if content is not None:
+        value = str(tmp_path / "enq.yaml")
+        Path(value).write_text(content)
+    code = main(["--space", str(write_tiny_space(tmp_path)), "--storage", str(tmp_path / "runs"), flag, value])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "runs").exists()
