@@ -45,9 +45,9 @@ from balm_tune.space import SearchSpace, load_space
 from balm_tune.strategies import Strategy
 from balm_tune.trainable import SharedInputs, build_shared
 from balm_tune.tuner import make_tuner
-from core.train import preflight
+from core.train import eval_index, preflight
 
-ARMS = {
+ARMS = {  # searcher (its TPE options get --tpe-startup-trials), scheduler (None: the space's ASHA)
     "pruned": (Strategy("tpe", {"pruned_trials": "pruned"}), None),
     "complete": (Strategy("tpe", {"pruned_trials": "complete"}), None),
     "random": (Strategy("random"), Strategy("fifo")),
@@ -74,6 +74,17 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--max-eval-batches", type=int, default=8, help="validation batches (default: %(default)s)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
+    p.add_argument(
+        "--tpe-startup-trials",
+        type=int,
+        help="TPE's random start-up trials (Optuna's default 10: with fewer trials than that both TPE arms "
+        "sample exactly the configs of Optuna's RandomSampler with the same seed, and nothing is compared)",
+    )
+    p.add_argument(
+        "--test-batches",
+        type=int,
+        help="test the winners on this many evenly spaced batches instead of every test window (CPU time)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: seed 0, 4 trials of up to 2 epochs of 3 batches")
     args = p.parse_args()
     if args.quick:
@@ -91,8 +102,11 @@ def make_space(args: argparse.Namespace) -> SearchSpace:
     )
 
 
-def run_arm(space: SearchSpace, shared: SharedInputs, folder: Path, concurrent: int) -> ArmResult:
-    """One search with the search's own Tuner; the winner's test MSE over every test window."""
+def run_arm(
+    space: SearchSpace, shared: SharedInputs, folder: Path, concurrent: int, test_batches: int | None
+) -> ArmResult:
+    """One search with the search's own Tuner; the winner's test MSE over every test window (or
+    `test_batches` evenly spaced batches)."""
     started = time.perf_counter()
     results = make_tuner(space, shared, folder, concurrent, resume=False, verbose=0).fit()
     wall = time.perf_counter() - started
@@ -106,17 +120,18 @@ def run_arm(space: SearchSpace, shared: SharedInputs, folder: Path, concurrent: 
     torch.set_num_threads(os.cpu_count() or 1)  # the driver is idle between searches: all cores for the test
     trainer.load(winner["checkpoint"])
     trainer.use_best_weights()
-    test = trainer.evaluate("test", None)
+    test = trainer.evaluate("test", test_batches)
     return ArmResult(winner["best_val_mse"], test.mse, epochs, len(rows), early, wall)
 
 
-def repeat_last_test_mse(shared: SharedInputs) -> float:
+def repeat_last_test_mse(shared: SharedInputs, test_batches: int | None) -> float:
     """The naive baseline on the same test windows: every future value = the window's last input value."""
     windows, squared = shared.data.test, 0.0
-    for index in torch.arange(len(windows)).split(4096):
+    tested = eval_index(len(windows), shared.space.base.batch_size, test_batches)
+    for index in tested.split(4096):
         x, y = windows.inputs(index), windows.targets(index)
         squared += (y - x[:, -1:]).double().square().sum().item()
-    return squared / (len(windows) * shared.space.base.pred_len)
+    return squared / (len(tested) * shared.space.base.pred_len)
 
 
 def mean_std(values: list[float]) -> str:
@@ -125,13 +140,20 @@ def mean_std(values: list[float]) -> str:
 
 
 def print_report(
-    seeds: list[int], runs: dict[str, list[ArmResult]], space: SearchSpace, test_windows: int, naive: float
+    seeds: list[int],
+    runs: dict[str, list[ArmResult]],
+    space: SearchSpace,
+    test_windows: int,
+    naive: float,
+    args: argparse.Namespace,
 ) -> None:
+    every = "all" if args.test_batches is None else "evenly spaced"
     print(
-        f"\n=== search quality on the default space: trials of up to {space.max_epochs} epochs x "
-        f"{space.base.max_train_batches} batches, validation on {space.base.max_eval_batches} batches of "
-        f"{space.base.batch_size} windows, test on all {test_windows} test windows; ASHA "
-        f"{space.scheduler.options}; seeds {seeds} ==="
+        f"\n=== search quality on the default space: {args.num_samples} trials per ASHA arm of up to "
+        f"{space.max_epochs} epochs x {space.base.max_train_batches} batches, validation on "
+        f"{space.base.max_eval_batches} batches of {space.base.batch_size} windows, test on {every} "
+        f"{test_windows} test windows; ASHA {space.scheduler.options}; TPE start-up trials "
+        f"{args.tpe_startup_trials or 'default (10)'}; seeds {seeds} ==="
     )
     print(f"{'arm':>9s} {'seed':>5s} {'winner val mse':>15s} {'winner test mse':>16s} {'epochs':>7s} {'trials':>12s}")
     for arm, results in runs.items():
@@ -170,6 +192,8 @@ def main() -> int:
             for seed in args.seeds:
                 budgets = []
                 for arm, (searcher, scheduler) in ARMS.items():
+                    if searcher.type == "tpe" and args.tpe_startup_trials is not None:
+                        searcher = Strategy("tpe", {**searcher.options, "n_startup_trials": args.tpe_startup_trials})
                     arm_space = dataclasses.replace(
                         space, seed=seed, searcher=searcher, scheduler=scheduler or space.scheduler
                     )
@@ -177,7 +201,9 @@ def main() -> int:
                         trials = max(1, math.floor(statistics.fmean(budgets) / space.max_epochs + 0.5))
                         arm_space = dataclasses.replace(arm_space, num_samples=trials)
                     print(f"seed {seed}: {arm} ({arm_space.num_samples} trials) ...", flush=True)
-                    result = run_arm(arm_space, shared, Path(folder) / f"{arm}-seed{seed}", concurrent)
+                    result = run_arm(
+                        arm_space, shared, Path(folder) / f"{arm}-seed{seed}", concurrent, args.test_batches
+                    )
                     budgets.append(result.epochs)
                     runs[arm].append(result)
                     print(
@@ -187,7 +213,8 @@ def main() -> int:
                     )
     finally:
         ray.shutdown()
-    print_report(args.seeds, runs, space, len(shared.data.test), repeat_last_test_mse(shared))
+    tested = len(eval_index(len(shared.data.test), space.base.batch_size, args.test_batches))
+    print_report(args.seeds, runs, space, tested, repeat_last_test_mse(shared, args.test_batches), args)
     print(
         f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
         f"on {os.cpu_count()} CPUs (other jobs on the machine inflate the times)"
