@@ -5,7 +5,8 @@
     result.leaderboard          # pandas DataFrame, best first
     result.best_config          # core.config.BalmConfig of the winner (None if every trial failed)
     result.test                 # the winner's test metrics
-    result.paths                # leaderboard.csv, best_config.yaml, best_checkpoint.pt, summary.json
+    result.paths                # leaderboard.csv, best_config.yaml, best_checkpoint.pt, summary.json,
+                                # optuna.journal (the Optuna study, named after the experiment)
 
 `prepare_search` does every cheap check (space, overrides, data, backbone availability) and starts
 nothing; `execute` runs a prepared search. Selection uses validation only; test metrics are computed
@@ -109,10 +110,12 @@ def prepare_search(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
     )
-    if enqueue is not None and not resume:
+    if resume and (enqueue is not None or warm_start is not None):
+        raise SpaceError("--enqueue and --warm-start start a new study; a resumed search continues its own")
+    if enqueue is not None:
         points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
         space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
-    seeds = None if warm_start is None or resume else load_warm_start(Path(storage), warm_start, space)
+    seeds = None if warm_start is None else load_warm_start(Path(storage), warm_start, space)
     data = preflight(space.base)  # data file, backbone availability: before anything starts
     if experiment.exists() and not resume:
         raise SpaceError(f"{experiment} exists; continue it with --resume or choose another --name")
