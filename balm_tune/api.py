@@ -90,6 +90,8 @@ def prepare_search(
     `enqueue`: configs (or a YAML file of them) evaluated first, after the space's own `enqueue`;
     `warm_start`: a finished experiment (folder, or name under `storage`) whose study seeds the sampler.
     """
+    if resume and (enqueue is not None or warm_start is not None):
+        raise SpaceError("--enqueue and --warm-start start a new study; a resumed search continues its own")
     trackers = Trackers(mlflow, wandb).check()
     stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -110,8 +112,6 @@ def prepare_search(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
     )
-    if resume and (enqueue is not None or warm_start is not None):
-        raise SpaceError("--enqueue and --warm-start start a new study; a resumed search continues its own")
     if enqueue is not None:
         points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
         space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])

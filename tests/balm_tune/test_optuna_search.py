@@ -242,3 +242,12 @@ def test_a_bad_enqueue_file_or_warm_start_is_one_line_and_exit_2(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_search_refuses_enqueue_and_warm_start(tmp_path):
+    from balm_tune.api import prepare_search
+    from balm_tune.space import SpaceError
+
+    for option in ({"enqueue": [{"prompt_len": 3}]}, {"warm_start": tmp_path}):
+        with pytest.raises(SpaceError, match="start a new study; a resumed search continues its own"):
+            prepare_search(write_tiny_space(tmp_path), name="x", storage=tmp_path, resume=True, **option)
