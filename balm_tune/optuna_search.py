@@ -110,6 +110,7 @@ class StudySearch(Searcher):
         if trial_id not in self._ids:
             trial = self.study.ask(fixed_distributions=self._space)
             trial.set_user_attr(RAY_TRIAL_ID, trial_id)
+            # the storage id (Optuna's Trial(study, id) handle after a restore); the number is not enough
             self._ids[trial_id], self._trials[trial_id], self._steps[trial_id] = trial._trial_id, trial, set()
         return dict(self._trial(trial_id).params)
 
@@ -117,19 +118,21 @@ class StudySearch(Searcher):
         self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._ids:
+        if trial_id not in self._ids:  # never asked here, or already told
             return
         trial, result = self._trial(trial_id), result or {}
         self._report(trial_id, result)  # Tune withholds the result that made the scheduler stop the trial
         outcome, reason = trial_outcome(result, self.max_epochs, self.patience, "error" if error else None)
         state, value = outcome.optuna_state, result.get(self.metric)
         trial.set_user_attr("outcome", outcome.value)
+        trial.set_user_attr("reason", reason)
         if state == TrialState.PRUNED and self.pruned_trials == "complete":
             state = TrialState.COMPLETE  # what Ray's OptunaSearch does: the partial value as if final
         if state == TrialState.COMPLETE and not _finite(value):
             state, value = TrialState.FAIL, None
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
-        self._trials.pop(trial_id, None)
+        for table in (self._ids, self._steps, self._trials):
+            table.pop(trial_id, None)
 
     # --- Tune's searcher snapshot: the mapping only; the study is the journal file ----------------------
     def __getstate__(self) -> dict:
@@ -153,7 +156,12 @@ class StudySearch(Searcher):
 
     def _report(self, trial_id: str, result: dict) -> None:
         value, epoch = result.get(self.intermediate), result.get("epoch")
-        if trial_id in self._ids and epoch and _finite(value) and int(epoch) not in self._steps[trial_id]:
+        if (
+            trial_id in self._ids
+            and epoch
+            and _finite(value)
+            and int(epoch) not in self._steps.setdefault(trial_id, set())
+        ):
             self._trial(trial_id).report(float(value), step=int(epoch))
             self._steps[trial_id].add(int(epoch))
 
