@@ -181,9 +181,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
-        if (experiment / JOURNAL).is_file():  # every searcher but PBT's keeps the Optuna study
-            paths["study"] = experiment / JOURNAL
-            close_study(paths["study"], experiment.name)
+        paths["study"] = experiment / JOURNAL
+        close_study(paths["study"], experiment.name)
         write_leaderboard(rows, paths["leaderboard"])
         table = pd.read_csv(paths["leaderboard"])
         winners = [r for r in rows if r["outcome"] is not Outcome.FAILED and r["checkpoint"]]
@@ -192,7 +191,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             "trials": len(rows),
             "outcomes": dict(Counter(r["status"] for r in rows)),
             "strategy": {"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
-            "study": {"journal": str(paths["study"]), "name": experiment.name} if "study" in paths else None,
+            "study": {"journal": str(paths["study"]), "name": experiment.name},
             "warm_start": {"from": plan.warm_start.source, "trials": len(plan.warm_start.trials)}
             if plan.warm_start
             else None,

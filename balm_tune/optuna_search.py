@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -215,3 +216,40 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+class StudyRecorder(Callback):
+    """Records a search that runs without a searcher (PBT: Ray allows none beside it) in the same kind of
+    study: each Tune trial becomes an Optuna trial with its starting params (PBT may replace them later;
+    the trial's `outcome` says so), every epoch's val MSE and its outcome, through a `StudySearch`."""
+
+    def __init__(self, searcher: StudySearch, param_space: dict):
+        self.searcher, self.param_space = searcher, param_space
+
+    def setup(self, **info) -> None:
+        self.searcher.set_search_properties(self.searcher.metric, "min", self.param_space)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        if trial.trial_id not in self.searcher._ids:  # not on a restart after a PBT exploit or a crash
+            self.searcher.study.enqueue_trial({k: _plain(trial.config[k]) for k in self.param_space})
+            self.searcher.suggest(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        self.searcher.on_trial_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.searcher.on_trial_complete(trial.trial_id, trial.last_result)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.searcher.on_trial_complete(trial.trial_id, error=True)
+
+    def get_state(self) -> dict:
+        return {"ids": self.searcher._ids, "steps": self.searcher._steps}
+
+    def set_state(self, state: dict) -> None:
+        self.searcher._ids, self.searcher._steps = state["ids"], state["steps"]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (Tune's samplers) -> Python numbers (Optuna's distributions compare them)."""
+    return value.item() if hasattr(value, "item") else value

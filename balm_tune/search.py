@@ -172,8 +172,7 @@ def print_summary(result: SearchResult) -> None:
     print(f"checkpoint:    {paths['best_checkpoint']}")
     print(f"summary:       {paths['summary']}")
     print(f"tensorboard:   tensorboard --logdir {result.experiment}")
-    if "study" in paths:
-        print(f"optuna study:  optuna-dashboard {paths['study']}  (study name {result.experiment.name})")
+    print(f"optuna study:  optuna-dashboard {paths['study']}  (study name {result.experiment.name})")
     print(f"retrain:       python -m balm_tune.train --config {paths['best_config']}")
 
 

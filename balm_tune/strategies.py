@@ -10,7 +10,7 @@ silently dropped, and what the search itself decides is set here, not in the fil
 and PBT's mutations (the space's float keys: they change no parameter shape, so a trial can continue
 from another trial's checkpoint). Every sampler runs inside `StudySearch` (the experiment's persistent
 Optuna study); PBT samples its own population (Ray allows no searcher beside it), from the same
-distributions.
+distributions, and `StudyRecorder` writes its trials to the study.
 """
 
 from __future__ import annotations

@@ -88,25 +88,25 @@ def make_tuner(
     from ray.tune.search import BasicVariantGenerator
 
     from balm_tune.callbacks import TrialLines
-    from balm_tune.optuna_search import JOURNAL
+    from balm_tune.optuna_search import JOURNAL, StudyRecorder
     from balm_tune.strategies import create_scheduler, create_searcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if space.scheduler.type == "pbt":  # Ray allows no searcher beside PBT: it samples its own population
+    search_alg = create_searcher(
+        space.searcher,
+        seed=space.seed,
+        journal=experiment / JOURNAL,
+        study_name=experiment.name,
+        max_epochs=space.max_epochs,
+        patience=space.base.patience,
+        points_to_evaluate=space.enqueue,
+        seed_trials=warm_start.trials if warm_start else [],
+        seed_source=warm_start.source if warm_start else "",
+    )
+    callbacks = [*extra_callbacks, TrialLines(space.max_epochs, space.base.patience, space.scheduler.type)]
+    if space.scheduler.type == "pbt":  # Ray allows no searcher beside PBT: it samples its own population,
+        callbacks.append(StudyRecorder(search_alg, space.param_space()))  # recorded in the study all the same
         search_alg = BasicVariantGenerator(points_to_evaluate=space.enqueue or None, random_state=space.seed)
-    else:
-        search_alg = create_searcher(
-            space.searcher,
-            seed=space.seed,
-            journal=experiment / JOURNAL,
-            study_name=experiment.name,
-            max_epochs=space.max_epochs,
-            patience=space.base.patience,
-            points_to_evaluate=space.enqueue,
-            seed_trials=warm_start.trials if warm_start else [],
-            seed_source=warm_start.source if warm_start else "",
-        )
-    lines = TrialLines(space.max_epochs, space.base.patience, space.scheduler.type)
     return build_tuner(
         shared,
         experiment,
@@ -115,7 +115,7 @@ def make_tuner(
         concurrent=min(concurrent, space.num_samples),
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
-        callbacks=[*extra_callbacks, lines],
+        callbacks=callbacks,
         # PBT has no max_t: without this it would still replace a trial's config after its last epoch; it
         # clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
         stop={"epoch": space.max_epochs} if space.scheduler.type == "pbt" else None,

@@ -62,7 +62,12 @@ def test_pbt_replaces_the_weaker_trial_with_the_better_ones_perturbed_float_keys
     assert perturbed["prompt_len"] == kept["prompt_len"]  # int keys change shapes: copied, never perturbed
     for key in ("contrastive_weight", "scale_factor", "learning_rate"):  # float keys: x 0.8 or x 1.2
         assert perturbed[key] / kept[key] == pytest.approx(0.8) or perturbed[key] / kept[key] == pytest.approx(1.2)
-    assert "study" not in result.paths  # Ray runs PBT without a searcher: no Optuna study
+    # Ray runs PBT without a searcher; the study records it all the same (starting params, every epoch)
+    study = open_study(result.paths["study"], "s")
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(by_id) == set(rows["trial_id"]) and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.user_attrs["outcome"] for t in study.trials) == ["finished", "perturbed"]
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in study.trials)
 
 
 def test_the_default_strategy_is_tpe_with_asha_and_the_old_scheduler_keys_still_mean_asha(tmp_path):
