@@ -92,6 +92,7 @@ def make_tuner(
     from balm_tune.strategies import create_scheduler, create_searcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pbt = space.scheduler.type == "pbt"
     search_alg = create_searcher(
         space.searcher,
         seed=space.seed,
@@ -99,12 +100,12 @@ def make_tuner(
         study_name=experiment.name,
         max_epochs=space.max_epochs,
         patience=space.base.patience,
-        points_to_evaluate=space.enqueue,
+        points_to_evaluate=[] if pbt else space.enqueue,  # PBT's generator runs them; the recorder records them
         seed_trials=warm_start.trials if warm_start else [],
         seed_source=warm_start.source if warm_start else "",
     )
     callbacks = [*extra_callbacks, TrialLines(space.max_epochs, space.base.patience, space.scheduler.type)]
-    if space.scheduler.type == "pbt":  # Ray allows no searcher beside PBT: it samples its own population,
+    if pbt:  # Ray allows no searcher beside PBT: it samples its own population,
         callbacks.append(StudyRecorder(search_alg, space.param_space()))  # recorded in the study all the same
         search_alg = BasicVariantGenerator(points_to_evaluate=space.enqueue or None, random_state=space.seed)
     return build_tuner(
@@ -118,8 +119,8 @@ def make_tuner(
         callbacks=callbacks,
         # PBT has no max_t: without this it would still replace a trial's config after its last epoch; it
         # clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
-        stop={"epoch": space.max_epochs} if space.scheduler.type == "pbt" else None,
-        checkpoints=4 if space.scheduler.type == "pbt" else 2,
+        stop={"epoch": space.max_epochs} if pbt else None,
+        checkpoints=4 if pbt else 2,
         verbose=verbose,
         resume=resume,
     )
