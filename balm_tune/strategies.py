@@ -15,6 +15,7 @@ distributions, and `StudyRecorder` writes its trials to the study.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -69,7 +70,16 @@ SCHEDULERS: dict[str, Entry] = {
 DEFAULT_SEARCHER = Strategy("tpe")
 DEFAULT_SCHEDULER = Strategy("asha", {"grace_period": 1, "reduction_factor": 2})
 # set by the search, never by the space file
-SET_BY_SEARCH = {"seed", "metric", "mode", "time_attr", "max_t", "hyperparam_mutations", "stop_last_trials"}
+SET_BY_SEARCH = {
+    "seed",
+    "metric",
+    "mode",
+    "time_attr",
+    "max_t",
+    "hyperparam_mutations",
+    "stop_last_trials",
+    "custom_explore_fn",
+}
 # StudySearch's own options beside the sampler's keywords: how scheduler-stopped trials are told to Optuna
 STUDY_OPTIONS = {"pruned_trials": ("pruned", "complete")}
 
@@ -145,7 +155,16 @@ def create_scheduler(strategy: Strategy, *, max_epochs: int, mutations: dict[str
     if strategy.type == "pbt":
         options.setdefault("perturbation_interval", 1)
         options["hyperparam_mutations"] = mutations or {}
+        bounds = {key: (domain.lower, domain.upper) for key, domain in (mutations or {}).items()}
+        options["custom_explore_fn"] = functools.partial(_inside, bounds)
     return cls(**options)
+
+
+def _inside(bounds: dict[str, tuple[float, float]], config: dict) -> dict:
+    """PBT multiplies a value by 0.8 or 1.2: keep it inside the space's range."""
+    for key, (low, high) in bounds.items():
+        config[key] = min(max(config[key], low), high)
+    return config
 
 
 def check_buildable(where: str, build, *args, **kwargs) -> None:
