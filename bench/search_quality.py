@@ -169,8 +169,9 @@ def print_report(
             f"{mean_std([r.test_mse for r in results]):>22s} {statistics.fmean(r.epochs for r in results):8.1f}"
         )
     print(f"{'repeat last value (baseline)':>40s} {naive:22.4f}  (test, the same windows)")
-    best = min(runs, key=lambda arm: statistics.fmean(r.val_mse for r in runs[arm]))
-    print(f"lowest mean winner val mse: {best}")
+    means = {arm: statistics.fmean(r.val_mse for r in results) for arm, results in runs.items()}
+    lowest = [arm for arm, mean in means.items() if mean == min(means.values())]
+    print(f"lowest mean winner val mse: {' = '.join(lowest)}")
 
 
 def main() -> int:
