@@ -29,9 +29,11 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # balm_tune.callbacks.loggers() passes them
 
+from balm_tune.cluster import Cluster  # noqa: E402
 from balm_tune.optuna_search import JOURNAL, close_study, finished_trials  # noqa: E402
 from balm_tune.outcome import Outcome  # noqa: E402
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space  # noqa: E402
+from balm_tune.storage import Location, open_location, writable_folder  # noqa: E402
 from balm_tune.trackers import Trackers  # noqa: E402
 from balm_tune.tuner import WarmStart  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
@@ -43,12 +45,16 @@ SPACE_COPY = "search_space.yaml"
 
 @dataclass
 class SearchPlan:
-    """A checked search, ready to run: the resolved space, its data and the experiment folder."""
+    """A checked search, ready to run: the resolved space, its data, where Ray keeps the experiment
+    (`location`: a local folder or a URI every node reaches) and the local folder that receives the
+    exported results (`experiment`; the same folder when the storage is local)."""
 
     space: SearchSpace
     data: ForecastData
     experiment: Path
+    location: Location
     resume: bool = False
+    auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
     trackers: Trackers = field(default_factory=Trackers)
     warm_start: WarmStart | None = None
 
@@ -70,12 +76,13 @@ def prepare_search(
     *,
     name: str | None = None,
     storage: str | Path = "runs",
+    out: str | Path | None = None,
     resume: bool = False,
     num_samples: int | None = None,
     max_epochs: int | None = None,
     sampler_seed: int | None = None,
     cpus_per_trial: float | None = None,
-    gpus_per_trial: float | None = None,
+    gpus_per_trial: float | str | None = None,
     enqueue: str | Path | list[dict] | None = None,
     warm_start: str | Path | None = None,
     mlflow: str | None = None,
@@ -84,23 +91,34 @@ def prepare_search(
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
 
+    `storage` is a folder or a URI (`s3://bucket/prefix`) where Ray keeps trials and checkpoints; the
+    exported files also land in `out`/<name> (default: the storage folder when local, else `runs/`).
     `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
-    sampler seed and resources; `mlflow` (a tracking URI) and `wandb` (a project) add experiment
-    trackers. With `resume`, the space saved in the experiment folder is used.
+    sampler seed and resources (`gpus_per_trial="auto"`: sized on the cluster); `mlflow` (a tracking URI)
+    and `wandb` (a project) add experiment trackers. With `resume`, the space saved in the experiment is used.
     `enqueue`: configs (or a YAML file of them) evaluated first, after the space's own `enqueue`;
-    `warm_start`: a finished experiment (folder, or name under `storage`) whose study seeds the sampler.
+    `warm_start`: a finished experiment (local folder, or name under a local `storage`) whose Optuna study
+    seeds the sampler.
     """
     if resume and (enqueue is not None or warm_start is not None):
         raise SpaceError("--enqueue and --warm-start start a new study; a resumed search continues its own")
     trackers = Trackers(mlflow, wandb).check()
+    auto_gpus = gpus_per_trial == "auto"
     stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
     name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiment = Path(storage).resolve() / name
+    location = open_location(storage).child(name)
+    default_out = Path(location.parent.path) if location.is_local else Path("runs")
+    experiment = writable_folder(out, "--out") / name if out is not None else default_out.resolve() / name
     if resume:
-        saved = experiment / SPACE_COPY
-        if not saved.is_file():
-            raise SpaceError(f"--resume: no experiment at {experiment} (missing {SPACE_COPY}); check --storage/--name")
-        space = load_space(saved)
+        saved = location.child(SPACE_COPY)
+        if not saved.exists():
+            raise SpaceError(
+                f"--resume: no experiment at {location.uri} (missing {SPACE_COPY}); check --storage/--name"
+            )
+        space = load_space(saved.download(experiment / SPACE_COPY))
+        study = location.child(JOURNAL)  # remote storage: the study published with the last results
+        if not (experiment / JOURNAL).exists() and study.exists():
+            study.download(experiment / JOURNAL)
     elif not isinstance(space, SearchSpace):
         space = load_space(space)
     if overrides:
@@ -110,21 +128,23 @@ def prepare_search(
         max_epochs=max_epochs,
         seed=sampler_seed,
         cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
+        gpus_per_trial=None if auto_gpus else gpus_per_trial,
     )
     if enqueue is not None:
         points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
         space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
-    seeds = None if warm_start is None else load_warm_start(Path(storage), warm_start, space)
+    seeds = None if warm_start is None else load_warm_start(storage, warm_start, space)
     data = preflight(space.base)  # data file, backbone availability: before anything starts
-    if experiment.exists() and not resume:
-        raise SpaceError(f"{experiment} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, resume, trackers, seeds)
+    taken = [where for where, used in ((location.uri, location.exists()), (experiment, experiment.exists())) if used]
+    if taken and not resume:
+        raise SpaceError(f"{taken[0]} exists; continue it with --resume or choose another --name")
+    return SearchPlan(space, data, experiment, location, resume, auto_gpus, trackers, seeds)
 
 
-def load_warm_start(storage: Path, source: str | Path, space: SearchSpace) -> WarmStart:
-    """The finished trials of experiment `source` (a folder, or a name under `storage`) that fit `space`."""
-    folder = Path(source) if Path(source).is_dir() else storage / str(source)
+def load_warm_start(storage: str | Path, source: str | Path, space: SearchSpace) -> WarmStart:
+    """The finished trials of experiment `source` (a local folder, or a name under a local `storage`)
+    that searched the keys of `space`."""
+    folder = Path(source) if Path(source).is_dir() else Path(str(storage)) / str(source)
     journal = folder / JOURNAL
     if not journal.is_file():
         raise SpaceError(f"--warm-start {source}: no Optuna study at {journal}")
@@ -154,29 +174,50 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     import pandas as pd
     import ray
 
-    from balm_tune.cluster import init_ray
-    from balm_tune.export import export_winner, leaderboard, write_leaderboard, write_summary
+    from balm_tune.cluster import auto_gpus_per_trial, init_ray
+    from balm_tune.export import (
+        export_winner,
+        fetch_tensorboard,
+        leaderboard,
+        publish,
+        write_leaderboard,
+        write_summary,
+    )
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
 
-    space, data, experiment = plan.space, plan.data, plan.experiment
+    space, data, experiment, location = plan.space, plan.data, plan.experiment, plan.location
     started, own_ray = time.perf_counter(), not ray.is_initialized()
     try:
+        cluster = init_ray(address, location)  # reachable; a local storage path is shared by every node
+        concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
         print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
         shared = build_shared(space, data)
-        concurrent = init_ray(address, space)
+        if plan.auto_gpus:
+            space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
+            shared = dataclasses.replace(shared, space=space)
+            concurrent = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
+        print(
+            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs "
+            f"now; up to {concurrent} trials at once ({space.cpus_per_trial:g} CPU, {space.gpus_per_trial:g} GPU "
+            f"each); experiment at {location.uri}",
+            flush=True,
+        )
         experiment.mkdir(parents=True, exist_ok=True)
         if not plan.resume:
             space.save(experiment / SPACE_COPY)
-        print(
-            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
-            f"up to {concurrent} trials at once",
-            flush=True,
-        )
+            publish([experiment / SPACE_COPY], location)
         trackers = plan.trackers.callbacks(experiment.name)
         results = make_tuner(
-            space, shared, experiment, concurrent, plan.resume, plan.warm_start, extra_callbacks=trackers
+            space,
+            shared,
+            location,
+            concurrent,
+            plan.resume,
+            experiment / JOURNAL,
+            plan.warm_start,
+            extra_callbacks=trackers,
         ).fit()
 
         rows = leaderboard(results, space)
@@ -187,7 +228,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         table = pd.read_csv(paths["leaderboard"])
         winners = [r for r in rows if r["outcome"] is not Outcome.FAILED and r["checkpoint"]]
         summary = {
-            "experiment": str(experiment),
+            "experiment": location.uri,
+            "results": str(experiment),
             "trials": len(rows),
             "outcomes": dict(Counter(r["status"] for r in rows)),
             "strategy": {"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
@@ -201,8 +243,10 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
                 "prompt_builds": sum(r["prompt_builds"] for r in rows),
             },
         }
+        fetch_tensorboard(location, experiment)
         if not winners:
             write_summary(summary, paths["summary"])
+            publish(list(paths.values()), location)
             return SearchResult(experiment, table, summary, paths=paths)
         best = winners[0]
         config = shared.trial_config(best["params"])
@@ -216,7 +260,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         }
         paths["best_config"], paths["best_checkpoint"] = export_winner(best, config, provenance, experiment)
         evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
-        test = ray.get(evaluate.remote(shared, best["params"], str(paths["best_checkpoint"])))
+        test = ray.get(evaluate.remote(shared, best["params"], best["checkpoint"]))
         summary.update(
             winner={k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
             params=best["params"],
@@ -224,7 +268,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             provenance=provenance,
         )
         if final_seeds:
-            runs = run_final_seeds(space, shared, experiment, best["params"], final_seeds, concurrent)
+            runs = run_final_seeds(space, shared, location, best["params"], final_seeds, concurrent)
             summary["final_seeds"] = {
                 "runs": runs,
                 **{
@@ -235,10 +279,33 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             }
         summary["wall_seconds"] = time.perf_counter() - started
         write_summary(summary, paths["summary"])
+        publish(list(paths.values()), location)
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
         if own_ray:  # a Ray the caller started stays up
             ray.shutdown()
+
+
+def trials_at_once(plan: SearchPlan, cluster: Cluster) -> int:
+    """How many of the plan's trials the cluster holds at once (ClusterError when not even one);
+    with `--gpus-per-trial auto` a GPU cluster is sized for a whole GPU per trial until the probe ran."""
+    gpus = (1.0 if cluster.has_gpus else 0.0) if plan.auto_gpus else plan.space.gpus_per_trial
+    return cluster.trials_at_once(plan.space.cpus_per_trial, gpus)
+
+
+def check_cluster(plan: SearchPlan, address: str | None = None) -> int:
+    """--dry-run's cluster checks, starting nothing: the cluster at `address` answers, holds one trial and
+    reaches the storage (without `address`: the local machine's CPUs and GPUs hold one trial)."""
+    import ray
+
+    from balm_tune.cluster import init_ray, local_cluster
+
+    if not address or address == "local":
+        return trials_at_once(plan, local_cluster())
+    try:
+        return trials_at_once(plan, init_ray(address, plan.location))
+    finally:
+        ray.shutdown()
 
 
 def versions() -> dict:

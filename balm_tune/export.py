@@ -12,7 +12,10 @@ from ray.tune import ResultGrid
 
 from balm_tune.outcome import Outcome, trial_outcome
 from balm_tune.space import SearchSpace
+from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
+
+TENSORBOARD_FILES = "events.out.tfevents"
 
 
 def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
@@ -40,7 +43,7 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
                 "backbone_loads": metrics.get("backbone_loads", 0),
                 "prompt_builds": metrics.get("prompt_builds", 0),
                 "precision": metrics.get("precision", ""),
-                "checkpoint": str(Path(result.checkpoint.path) / CHECKPOINT_FILE) if result.checkpoint else "",
+                "checkpoint": result.checkpoint,  # a ray.tune.Checkpoint on the experiment's storage, or None
                 "params": {k: _plain(result.config[k]) for k in space.search if k in result.config},
             }
         )
@@ -56,7 +59,8 @@ def write_leaderboard(rows: list[dict], path: Path) -> None:
 
 
 def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
-    """Write best_config.yaml (a full core config with provenance) and copy the winner's checkpoint."""
+    """Write best_config.yaml (a full core config with provenance) and copy the winner's checkpoint
+    (from the experiment's storage, local or remote) into `folder`."""
     config.extras = {
         "search": {
             "trial_id": winner["trial_id"],
@@ -68,8 +72,26 @@ def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple
     }
     config_path, checkpoint_path = folder / "best_config.yaml", folder / "best_checkpoint.pt"
     config.save(config_path)
-    shutil.copyfile(winner["checkpoint"], checkpoint_path)
+    with winner["checkpoint"].as_directory() as checkpoint:
+        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, checkpoint_path)
     return config_path, checkpoint_path
+
+
+def publish(files: list[Path], experiment: Location) -> None:
+    """Copy the exported files to the experiment's storage location (nothing to do when it is `files`' folder)."""
+    for path in files:
+        experiment.child(path.name).upload(path)
+
+
+def fetch_tensorboard(experiment: Location, folder: Path) -> int:
+    """Copy every trial's TensorBoard event files from remote storage into `folder` (same layout); returns
+    how many. With a local storage path they already are there."""
+    if experiment.is_local and Path(experiment.path).resolve() == folder.resolve():
+        return 0
+    names = experiment.files(TENSORBOARD_FILES)
+    for name in names:
+        experiment.child(name).download(folder / name)
+    return len(names)
 
 
 def write_summary(summary: dict, path: Path) -> None:

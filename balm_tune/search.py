@@ -9,9 +9,12 @@
     tensorboard --logdir runs/<name>                             # curves and HParams of every trial
     optuna-dashboard runs/<name>/optuna.journal                  # the Optuna study of the search
 
-At the end it writes leaderboard.csv, best_config.yaml, best_checkpoint.pt and summary.json under
-<storage>/<name>/ and prints the command that retrains the winner. Selection uses validation only;
-test metrics are computed for the winner alone.
+Where results land: Ray keeps trials, checkpoints and TensorBoard files at --storage/<name> (a folder,
+or a URI such as s3://bucket/prefix that every node of a cluster reaches). At the end leaderboard.csv,
+best_config.yaml, best_checkpoint.pt and summary.json are written there AND to the local folder
+--out/<name> (default: the storage folder when it is local, else runs/<name>), with a copy of every
+trial's TensorBoard event files; it prints the command that retrains the winner. Selection uses
+validation only; test metrics are computed for the winner alone.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from balm_tune.api import SearchPlan, SearchResult, execute, prepare_search
+from balm_tune.api import SearchPlan, SearchResult, check_cluster, execute, prepare_search
+from balm_tune.cluster import check_address
 from balm_tune.space import DEFAULT_SPACE, SpaceError
 from core.config import parse_set_args
 from core.errors import BalmError
@@ -36,10 +40,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides resources.cpus_per_trial)")
     p.add_argument(
         "--gpus-per-trial",
-        type=float,
-        help="GPUs per trial, fractions allowed: 0.25 packs 4 trials on a GPU (resources.gpus_per_trial)",
+        type=_gpus,
+        help="GPUs per trial, fractions allowed: 0.25 packs 4 trials on a GPU (resources.gpus_per_trial); "
+        "'auto': 0 on a cluster without GPUs, else as many trials per GPU as a probe trial's memory allows",
     )
-    p.add_argument("--storage", default="runs", help="folder for experiments (default: runs/)")
+    p.add_argument(
+        "--storage",
+        default="runs",
+        help="where Ray keeps the experiment: a folder (default: runs/) or a URI every node reaches, "
+        "e.g. s3://bucket/prefix (AWS_* variables and AWS_ENDPOINT_URL honoured); a cluster of several "
+        "nodes needs a URI or a folder all of them share",
+    )
+    p.add_argument(
+        "--out",
+        help="local folder that also receives the exported results as <out>/<name> "
+        "(default: the --storage folder when local, else runs/)",
+    )
     p.add_argument("--name", help="experiment name (default: <space>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
     p.add_argument("--seed", type=int, help="seed of the Optuna sampler (overrides the space's seed)")
@@ -85,6 +101,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _gpus(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs or 'auto', got {value!r}") from None
+
+
 def print_plan(plan: SearchPlan) -> None:
     space, data = plan.space, plan.data
     print(f"search space {space.path}: {space.description.strip()}")
@@ -105,9 +130,10 @@ def print_plan(plan: SearchPlan) -> None:
     if plan.warm_start:
         print(f"  sampler seeded with {len(plan.warm_start.trials)} finished trials of {plan.warm_start.source}")
     print(
-        f"  per trial: {space.cpus_per_trial} CPU, {space.gpus_per_trial} GPU; GPU budget: {space.gpu_budget.strip()}"
+        f"  per trial: {space.cpus_per_trial} CPU, {'auto' if plan.auto_gpus else space.gpus_per_trial} GPU; "
+        f"GPU budget: {space.gpu_budget.strip()}"
     )
-    print(f"  outputs: {plan.experiment}")
+    print(f"  experiment: {plan.location.uri}; results also in {plan.experiment}")
 
 
 def _strategy(strategy) -> str:
@@ -117,12 +143,14 @@ def _strategy(strategy) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_address(args.address)  # seconds, before the space, data and backbone checks
         if args.resume and not args.name:
             raise SpaceError("--resume needs --name of the experiment to continue")
         plan = prepare_search(
             args.space,
             name=args.name,
             storage=args.storage,
+            out=args.out,
             resume=args.resume or False,
             num_samples=args.num_samples,
             max_epochs=args.max_epochs,
@@ -135,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             wandb=args.wandb,
             **parse_set_args(args.set),
         )
+        print_plan(plan)
+        if args.dry_run:
+            concurrent = check_cluster(plan, args.address)
+            print(f"dry run: everything checked (the cluster holds {concurrent} trials at once), nothing started")
+            return 0
+        result = execute(plan, address=args.address, final_seeds=args.final_seeds)
     except BalmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_plan(plan)
-    if args.dry_run:
-        print("dry run: everything checked, nothing started")
-        return 0
-    result = execute(plan, address=args.address, final_seeds=args.final_seeds)
     if "winner" not in result.summary:
         print(f"no trial finished successfully; see {result.paths['leaderboard']}", file=sys.stderr)
         return 1

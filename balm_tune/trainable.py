@@ -142,10 +142,27 @@ def _item(value):
     return value.item()
 
 
-def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint_file: str) -> dict:
-    """Test MSE/MAE of a trial's best weights (run as a Ray task with the trial's resources)."""
+def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Checkpoint) -> dict:
+    """Test MSE/MAE of a trial's best weights (a Ray task with the trial's resources, on any node: the
+    checkpoint is read from the experiment's storage, local or remote)."""
     trainer = shared.trainer(params)
-    trainer.load(checkpoint_file)
+    with checkpoint.as_directory() as folder:
+        trainer.load(Path(folder) / CHECKPOINT_FILE)
     trainer.use_best_weights()
     test = trainer.evaluate("test", trainer.config.max_eval_batches)
     return {"test_mse": test.mse, "test_mae": test.mae}
+
+
+def probe_gpu_memory(shared: SharedInputs) -> tuple[int, int]:
+    """(peak bytes allocated, GPU bytes) of one short trial at the space's largest settings (a Ray task
+    holding a whole GPU); `--gpus-per-trial auto` packs trials by it. Not yet measured on a GPU."""
+    import torch
+
+    params = {k: max(d.extremes()) if d.kind != "choice" else d.values[0] for k, d in shared.space.search.items()}
+    for key in ("batch_size", "d_model", "d_ff", "llm_layers", "prompt_len"):
+        if key in shared.space.search and shared.space.search[key].kind == "choice":
+            params[key] = max(shared.space.search[key].values)
+    trainer = shared.trainer({**params, "max_train_batches": 3, "max_eval_batches": 1})
+    torch.cuda.reset_peak_memory_stats()
+    trainer.fit()
+    return torch.cuda.max_memory_allocated(), torch.cuda.get_device_properties(0).total_memory

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from balm_tune.space import SearchSpace
+from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
 
 METRIC = "best_val_mse"  # what every searcher and scheduler minimises
+SYNC_PERIOD_S = 10  # the driver's experiment state reaches remote storage at most this late (Ray's default: 300)
 
 
 @dataclasses.dataclass
@@ -24,7 +26,7 @@ class WarmStart:
 
 def build_tuner(
     shared: SharedInputs,
-    folder: Path,
+    folder: Location,
     *,
     param_space: dict[str, Any],
     num_samples: int = 1,
@@ -37,7 +39,8 @@ def build_tuner(
     verbose: int | None = None,
     resume: bool = False,
 ):
-    """A `tune.Tuner` over the BALM trainable writing to `folder` (or the interrupted one restored from it):
+    """A `tune.Tuner` over the BALM trainable writing to `folder`, a path or URI (or the interrupted one
+    restored from it):
     the trials' resources, checkpoints, failure policy, actor reuse and loggers (result.json, progress.csv,
     TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them."""
     from ray import tune
@@ -46,7 +49,7 @@ def build_tuner(
 
     trainable = trial_trainable(shared)
     if resume:
-        return tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(folder.uri, trainable=trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -61,7 +64,8 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=folder.name,
-            storage_path=str(folder.parent),
+            storage_path=folder.parent.uri,
+            sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
             stop=stop,
             verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=2),
@@ -74,21 +78,22 @@ def build_tuner(
 def make_tuner(
     space: SearchSpace,
     shared: SharedInputs,
-    experiment: Path,
+    experiment: Location,
     concurrent: int,
     resume: bool,
+    journal: Path,
     warm_start: WarmStart | None = None,
     extra_callbacks: Sequence = (),
     verbose: int | None = None,
 ):
-    """The search's Tuner: the space's searcher (an Optuna sampler inside `StudySearch`, the study in
-    <experiment>/optuna.journal named after the experiment) and scheduler, with its callbacks;
-    `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers."""
+    """The search's Tuner at `experiment` (a path or URI): the space's searcher (an Optuna sampler inside
+    `StudySearch`; the study in the local file `journal`, named after the experiment) and scheduler, with
+    its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers."""
     import optuna
     from ray.tune.search import BasicVariantGenerator
 
     from balm_tune.callbacks import TrialLines
-    from balm_tune.optuna_search import JOURNAL, StudyRecorder
+    from balm_tune.optuna_search import StudyRecorder
     from balm_tune.strategies import create_scheduler, create_searcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,7 +101,7 @@ def make_tuner(
     search_alg = create_searcher(
         space.searcher,
         seed=space.seed,
-        journal=experiment / JOURNAL,
+        journal=journal,
         study_name=experiment.name,
         max_epochs=space.max_epochs,
         patience=space.base.patience,
@@ -127,7 +132,7 @@ def make_tuner(
 
 
 def run_final_seeds(
-    space: SearchSpace, shared: SharedInputs, experiment: Path, params: dict, n: int, concurrent: int
+    space: SearchSpace, shared: SharedInputs, experiment: Location, params: dict, n: int, concurrent: int
 ) -> list[dict]:
     """Retrain the winner on n further seeds (in parallel trials) and collect their test metrics."""
     from ray import tune
@@ -135,7 +140,7 @@ def run_final_seeds(
     seeds = [space.base.seed + i for i in range(1, n + 1)]
     grid = build_tuner(
         dataclasses.replace(shared, evaluate_test=True),
-        experiment / "final_seeds",
+        experiment.child("final_seeds"),
         param_space={**params, "seed": tune.grid_search(seeds)},
         concurrent=min(concurrent, n),
         verbose=0,

@@ -43,7 +43,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import balm_tune.api  # noqa: E402, F401  (sets the search's Tune environment defaults on import)
 from balm_tune.cluster import init_ray  # noqa: E402
+from balm_tune.optuna_search import JOURNAL  # noqa: E402
 from balm_tune.space import SearchSpace, load_space  # noqa: E402
+from balm_tune.storage import open_location  # noqa: E402
 from balm_tune.strategies import Strategy  # noqa: E402
 from balm_tune.trainable import build_shared  # noqa: E402
 from balm_tune.tuner import make_tuner  # noqa: E402
@@ -153,13 +155,13 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
     started = time.perf_counter()
     shared = build_shared(space, data)
     inputs_s = time.perf_counter() - started
-    init_ray(None, space)  # ray.init(address="local", ...): a private Ray, as balm_tune.search starts it
+    init_ray(None, open_location(storage))  # a private local Ray, as balm_tune.search starts it
     ray_start_s = time.perf_counter() - started - inputs_s
     # the search's own Tuner; the fixed configs enqueued, FIFO: exactly these configs, every epoch
     fixed = dataclasses.replace(
         space, searcher=Strategy("random"), scheduler=Strategy("fifo"), enqueue=[dict(c) for c in configs]
     )
-    tuner = make_tuner(fixed, shared, storage / name, concurrent=1, resume=False, verbose=0)
+    tuner = make_tuner(fixed, shared, open_location(storage / name), 1, False, storage / name / JOURNAL, verbose=0)
     fit_started = time.perf_counter()
     results = tuner.fit()
     fit_s = time.perf_counter() - fit_started

@@ -40,8 +40,10 @@ import torch
 import balm_tune.api  # noqa: F401  (sets the search's Tune environment defaults on import)
 from balm_tune.cluster import init_ray
 from balm_tune.export import leaderboard
+from balm_tune.optuna_search import JOURNAL
 from balm_tune.outcome import Outcome
 from balm_tune.space import SearchSpace, load_space
+from balm_tune.storage import open_location
 from balm_tune.strategies import Strategy
 from balm_tune.trainable import SharedInputs, build_shared
 from balm_tune.tuner import make_tuner
@@ -108,7 +110,8 @@ def run_arm(
     """One search with the search's own Tuner; the winner's test MSE over every test window (or
     `test_batches` evenly spaced batches)."""
     started = time.perf_counter()
-    results = make_tuner(space, shared, folder, concurrent, resume=False, verbose=0).fit()
+    experiment = open_location(folder)
+    results = make_tuner(space, shared, experiment, concurrent, False, folder / JOURNAL, verbose=0).fit()
     wall = time.perf_counter() - started
     rows = leaderboard(results, space)
     epochs = sum(int(r["epochs_run"]) for r in rows)
@@ -188,8 +191,9 @@ def main() -> int:
     shared = build_shared(space, data)
     runs: dict[str, list[ArmResult]] = {arm: [] for arm in ARMS}
     try:
-        concurrent = init_ray(None, space)
         with tempfile.TemporaryDirectory(prefix="search_quality-") as folder:
+            cluster = init_ray(None, open_location(folder))  # a private local Ray, as the search starts it
+            concurrent = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
             for seed in args.seeds:
                 budgets = []
                 for arm, (searcher, scheduler) in ARMS.items():

