@@ -135,18 +135,19 @@ class StudySearch(Searcher):
         for table in (self._ids, self._steps, self._trials):
             table.pop(trial_id, None)
 
-    # --- Tune's searcher snapshot: the mapping only; the study is the journal file ----------------------
+    # --- Tune's searcher snapshot: the mapping and the space; the study is the journal file --------------
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_study": None, "_trials": {}}
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"ids": self._ids, "steps": self._steps}, handle)
+            pickle.dump({"ids": self._ids, "steps": self._steps, "space": self._space}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
-        self._ids, self._steps = state["ids"], state["steps"]
+        # Tune.restore does not call set_search_properties again: the space comes back from here
+        self._ids, self._steps, self._space = state["ids"], state["steps"], state["space"]
         self._trials = {}
 
     # --- helpers --------------------------------------------------------------------------------------

@@ -181,15 +181,27 @@ def test_warm_start_trials_are_visible_to_the_sampler_before_the_first_new_trial
     assert [t.user_attrs[WARM_START] for t in seeded] == ["old#0", "old#1", "old#2"]
 
 
-def test_a_resumed_searcher_neither_reseeds_nor_reenqueues(tmp_path):
+def test_a_restored_searcher_keeps_its_space_and_neither_reseeds_nor_reenqueues(tmp_path):
+    import pickle
+
     point = {"prompt_len": 4, "contrastive_weight": 1.0, "scale_factor": 1.0, "learning_rate": 0.002}
     first = _searcher(tmp_path, points_to_evaluate=[point])
     assert first.suggest("a") == point
     first.save(str(tmp_path / "searcher.pkl"))
-    again = _searcher(tmp_path, points_to_evaluate=[point])  # Tuner.restore: a fresh object, then restore()
+    # Tuner.restore: the searcher as pickled in tuner.pkl (before Tune gave it the space), then restore()
+    unfit = StudySearch(
+        tmp_path / JOURNAL,
+        "s",
+        optuna.samplers.RandomSampler(seed=0),
+        max_epochs=4,
+        patience=3,
+        points_to_evaluate=[point],
+    )
+    again = pickle.loads(pickle.dumps(unfit))
     again.restore(str(tmp_path / "searcher.pkl"))
     again.on_trial_result("a", _epoch(1, 0.9, 0.9))
-    assert again.suggest("b") != point and len(again.study.trials) == 2
+    second = again.suggest("b")
+    assert set(second) == set(point) and second != point and len(again.study.trials) == 2
     assert again.study.trials[0].intermediate_values == {1: 0.9}
 
 
