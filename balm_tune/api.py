@@ -5,7 +5,8 @@
     result.leaderboard          # pandas DataFrame, best first
     result.best_config          # core.config.BalmConfig of the winner (None if every trial failed)
     result.test                 # the winner's test metrics
-    result.paths                # leaderboard.csv, best_config.yaml, best_checkpoint.pt, summary.json
+    result.paths                # leaderboard.csv, best_config.yaml, best_checkpoint.pt, summary.json,
+                                # optuna.journal (the Optuna study, named after the experiment)
 
 `prepare_search` does every cheap check (space, overrides, data, backbone availability) and starts
 nothing; `execute` runs a prepared search. Selection uses validation only; test metrics are computed
@@ -21,6 +22,7 @@ import os
 import platform
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,12 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots f
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # balm_tune.callbacks.loggers() passes them
 
 from balm_tune.cluster import Cluster  # noqa: E402
-from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_space  # noqa: E402
+from balm_tune.optuna_search import JOURNAL, close_study, finished_trials  # noqa: E402
+from balm_tune.outcome import Outcome  # noqa: E402
+from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space  # noqa: E402
 from balm_tune.storage import Location, open_location, writable_folder  # noqa: E402
 from balm_tune.trackers import Trackers  # noqa: E402
+from balm_tune.tuner import WarmStart  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
 from core.paths import check_name  # noqa: E402
@@ -55,6 +60,7 @@ class SearchPlan:
     trust_experiment: bool = False  # --resume a folder whose pickles this user's key did not sign
     auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
     trackers: Trackers = field(default_factory=Trackers)
+    warm_start: WarmStart | None = None
 
 
 @dataclass
@@ -84,6 +90,8 @@ def prepare_search(
     sampler_seed: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | str | None = None,
+    enqueue: str | Path | list[dict] | None = None,
+    warm_start: str | Path | None = None,
     mlflow: str | None = None,
     wandb: str | None = None,
     **overrides: Any,
@@ -97,12 +105,16 @@ def prepare_search(
     and `wandb` (a project) add experiment trackers. `space` defaults to search_spaces/default.yaml; with
     `resume`, to the space saved in the experiment, and any flag that differs from the saved search is
     refused (Tune cannot change a search it restores). `address`: the trials run on that cluster, so this
-    machine's device and CPUs are not checked.
+    machine's device and CPUs are not checked. `enqueue`: configs (or a YAML file of them) evaluated
+    first, after the space's own `enqueue`; `warm_start`: a finished experiment (local folder, or name
+    under a local `storage`) whose Optuna study seeds the sampler.
     """
     if resume and not name:
         raise SpaceError("--resume needs --name of the experiment to continue")
     if name is not None:
         check_name(name)
+    if resume and (enqueue is not None or warm_start is not None):
+        raise SpaceError("--enqueue and --warm-start start a new study; a resumed search continues its own")
     trackers = Trackers(mlflow, wandb).check()
     auto_gpus = gpus_per_trial == "auto"
     path = DEFAULT_SPACE if space is None else space.path if isinstance(space, SearchSpace) else Path(space)
@@ -111,6 +123,10 @@ def prepare_search(
     default_out = Path(location.parent.path) if location.is_local else Path("runs")
     experiment = writable_folder(out, "--out") / name if out is not None else default_out.resolve() / name
     saved = _saved_space(location, experiment, trust_experiment) if resume else None
+    if resume:
+        study = location.child(JOURNAL)  # remote storage: the study published with the last results
+        if not (experiment / JOURNAL).exists() and study.exists():
+            study.download(experiment / JOURNAL)
     space = space if isinstance(space, SearchSpace) else saved if space is None and saved else load_space(path)
     if overrides:
         space = space.with_base_overrides(overrides)
@@ -126,12 +142,26 @@ def prepare_search(
             f"--resume continues {location.uri} as saved in {SPACE_COPY}; it cannot change {', '.join(changed[:3])}"
             f"{' ...' if len(changed) > 3 else ''} (saved vs requested); drop those flags, or start a new --name"
         )
+    if enqueue is not None:
+        points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
+        space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
+    seeds = None if warm_start is None else load_warm_start(storage, warm_start, space)
     # every cheap check (config, data, backbone shape, device, threads) before anything starts
     data = preflight(space.base, variants=space.edge_configs(), local=address in (None, "local"))
     taken = [where for where, used in ((location.uri, location.exists()), (experiment, experiment.exists())) if used]
     if taken and not resume:
         raise SpaceError(f"{taken[0]} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, location, resume, trust_experiment, auto_gpus, trackers)
+    return SearchPlan(
+        space,
+        data,
+        experiment,
+        location,
+        resume=resume,
+        trust_experiment=trust_experiment,
+        auto_gpus=auto_gpus,
+        trackers=trackers,
+        warm_start=seeds,
+    )
 
 
 def _saved_space(location: Location, experiment: Path, trust_experiment: bool) -> SearchSpace:
@@ -145,6 +175,21 @@ def _saved_space(location: Location, experiment: Path, trust_experiment: bool) -
     if restorable(location) and not trust_experiment:
         verify(location)
     return load_space(saved.download(experiment / SPACE_COPY))
+
+
+def load_warm_start(storage: str | Path, source: str | Path, space: SearchSpace) -> WarmStart:
+    """The finished trials of experiment `source` (a local folder, or a name under a local `storage`)
+    that searched the keys of `space`."""
+    folder = Path(source) if Path(source).is_dir() else Path(str(storage)) / str(source)
+    journal = folder / JOURNAL
+    if not journal.is_file():
+        raise SpaceError(f"--warm-start {source}: no Optuna study at {journal}")
+    trials = [t for t in finished_trials(journal, folder.name) if set(t.params) == set(space.search)]
+    if not trials:
+        raise SpaceError(
+            f"--warm-start {source}: no finished trial searched the keys {sorted(space.search)} of this space"
+        )
+    return WarmStart(str(folder.resolve()), trials)
 
 
 def run_search(
@@ -166,7 +211,8 @@ def check_final_seeds(final_seeds: Any) -> None:
 
 
 def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) -> SearchResult:
-    """Run a prepared search on a local Ray (or the cluster at `address`) and export the winner.
+    """Run a prepared search on a local Ray (or the cluster at `address`, or the Ray this process has
+    already initialised, which is left running) and export the winner.
 
     Ctrl-C stops the trials (Tune saves their state): nothing is exported and the result says
     `interrupted`; `--resume` continues. The winner's checkpoint is loaded before any file is replaced.
@@ -196,7 +242,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     from core.train import prompt_length_warning
 
     space, data, experiment, location = plan.space, plan.data, plan.experiment, plan.location
-    started, sign = time.perf_counter(), False
+    started, sign, own_ray = time.perf_counter(), False, not ray.is_initialized()
     try:
         cluster = init_ray(address, location)  # reachable; a local storage path is shared by every node
         concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
@@ -224,15 +270,27 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             space.save(experiment / SPACE_COPY)
             publish([experiment / SPACE_COPY], location)
         trackers = plan.trackers.callbacks(experiment.name)
-        tuner = make_tuner(space, shared, location, concurrent, plan.resume, trackers, plan.trust_experiment)
+        tuner = make_tuner(
+            space,
+            shared,
+            location,
+            concurrent,
+            plan.resume,
+            experiment / JOURNAL,
+            plan.warm_start,
+            extra_callbacks=trackers,
+            trust_experiment=plan.trust_experiment,
+        )
         sign = True  # from here on, the experiment's pickles are this run's (or trusted) ones
         results = tuner.fit()
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
-        if any(r["status"] == "interrupted" for r in rows):
+        if any(r["outcome"] is Outcome.INTERRUPTED for r in rows):
             return SearchResult(experiment, pd.DataFrame(rows), {"trials": len(rows)}, interrupted=True)
-        winners = [r for r in rows if r["status"] != "failed" and r["checkpoint"]]
+        paths["study"] = experiment / JOURNAL
+        close_study(paths["study"], experiment.name)
+        winners = [r for r in rows if r["outcome"] is not Outcome.FAILED and r["checkpoint"]]
         if winners:
             verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
         write_leaderboard(rows, paths["leaderboard"], baseline_rows(baselines))
@@ -241,7 +299,12 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             "experiment": location.uri,
             "results": str(experiment),
             "trials": len(rows),
-            "outcomes": {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped by ASHA", "failed")},
+            "outcomes": dict(Counter(r["status"] for r in rows)),
+            "strategy": {"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
+            "study": {"journal": str(paths["study"]), "name": experiment.name},
+            "warm_start": {"from": plan.warm_start.source, "trials": len(plan.warm_start.trials)}
+            if plan.warm_start
+            else None,
             "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
             "built_in_trials": {
                 "backbone_loads": sum(r["backbone_loads"] for r in rows),
@@ -307,7 +370,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     finally:
         if sign:
             seal(location)  # the final state (final_seeds/ included), signed for --resume
-        ray.shutdown()
+        if own_ray:  # a Ray the caller started stays up
+            ray.shutdown()
 
 
 def highest_prompt_len(space: SearchSpace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback, TBXLoggerCallback
 
+from balm_tune.outcome import trial_outcome
+
 # what every trial reports each epoch (balm_tune.trainable); TensorBoard shows these and nothing else
 CURVES = (
     "train_loss",
@@ -20,24 +22,6 @@ CURVES = (
     "epoch_seconds",
 )
 FINAL = ("best_val_mse", "best_val_mae", "epoch")
-
-
-def trial_outcome(
-    metrics: dict, max_epochs: int, patience: int, error: str | None = None, interrupted: bool = False
-) -> tuple[str, str]:
-    """(status, reason) of a trial from its last result: failed | finished | stopped by ASHA | interrupted
-    (Ctrl-C stopped it before it ended; `--resume` continues it)."""
-    if interrupted:
-        return "interrupted", f"after {metrics.get('epoch', 0)} of {max_epochs} epochs (Ctrl-C)"
-    if error:
-        return "failed", error.strip().splitlines()[-1][:300]
-    if metrics.get("failed"):
-        return "failed", metrics["failed"]
-    if metrics.get("epoch", 0) >= max_epochs:
-        return "finished", f"all {max_epochs} epochs"
-    if metrics.get("bad_epochs", 0) >= patience:
-        return "finished", f"early stopping (patience {patience})"
-    return "stopped by ASHA", f"after {metrics.get('epoch', 0)} of {max_epochs} epochs"
 
 
 class _BalmTBX(TBXLoggerCallback):
@@ -81,14 +65,15 @@ def loggers() -> list[LoggerCallback]:
 
 
 class TrialLines(tune.Callback):
-    """Prints one line when a trial finishes, is stopped by ASHA, or fails."""
+    """Prints one line when a trial finishes, is ended early by the scheduler, or fails."""
 
-    def __init__(self, max_epochs: int, patience: int):
-        self.max_epochs, self.patience = max_epochs, patience
+    def __init__(self, max_epochs: int, patience: int, scheduler: str):
+        self.max_epochs, self.patience, self.scheduler = max_epochs, patience, scheduler
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
-        status, reason = trial_outcome(result, self.max_epochs, self.patience)
+        outcome, reason = trial_outcome(result, self.max_epochs, self.patience)
+        status = outcome.label(self.scheduler)
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.evaluated_params.items())
         print(
             f"[trial {trial.trial_id}] {status} ({reason}): best val mse {result.get('best_val_mse', float('nan')):.4f}"

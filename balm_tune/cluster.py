@@ -100,6 +100,8 @@ def init_ray(address: str | None, storage: Location) -> Cluster:
     """
     import ray
 
+    if ray.is_initialized():  # the Ray this process has already started (a Python API user, tests)
+        return Cluster(live_nodes(), [])
     check_address(address)
     if not address or address == "local":
         _start_local_ray()

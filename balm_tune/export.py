@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray.tune import ResultGrid
 
-from balm_tune.callbacks import trial_outcome
+from balm_tune.outcome import Outcome, trial_outcome
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
@@ -26,27 +26,29 @@ class ExportError(BalmError):
 
 
 def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
-    """One row per trial (params, best val MSE/MAE, epochs, outcome), best first; failed trials last."""
+    """One row per trial (params, best val MSE/MAE, epochs, outcome), best first; failed trials last.
+    `outcome` is an Outcome; `status` its label for this scheduler ('pruned by asha', ...)."""
     rows = []
     for result, ended in zip(results, _ended(results), strict=True):
         metrics = result.metrics or {}
-        status, reason = trial_outcome(
+        outcome, reason = trial_outcome(
             metrics,
             space.max_epochs,
             space.base.patience,
             str(result.error) if result.error else None,
             interrupted=not ended,
         )
-        best = metrics.get("best_val_mse", math.inf)
+        failed = outcome is Outcome.FAILED
         rows.append(
             {
                 "kind": "trial",
                 "trial_id": metrics.get("trial_id", Path(result.path).name),
-                "status": status,
+                "status": outcome.label(space.scheduler.type),
+                "outcome": outcome,
                 "reason": reason,
                 **{k: result.config.get(k) for k in space.search},
-                "best_val_mse": best if status != "failed" else math.inf,
-                "best_val_mae": metrics.get("best_val_mae", math.inf) if status != "failed" else math.inf,
+                "best_val_mse": math.inf if failed else metrics.get("best_val_mse", math.inf),
+                "best_val_mae": math.inf if failed else metrics.get("best_val_mae", math.inf),
                 "epochs_run": metrics.get("epoch", 0),
                 "node_id": metrics.get("node_id", ""),
                 "device": metrics.get("device", ""),
@@ -57,7 +59,7 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
                 "params": {k: _plain(result.config[k]) for k in space.search if k in result.config},
             }
         )
-    return sorted(rows, key=lambda r: (r["status"] == "failed", r["best_val_mse"]))
+    return sorted(rows, key=lambda r: (r["outcome"] is Outcome.FAILED, r["best_val_mse"]))
 
 
 def _ended(results: ResultGrid) -> list[bool]:

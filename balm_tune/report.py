@@ -170,7 +170,7 @@ def _read_leaderboard(experiment: Path) -> list[dict]:
             f"an interrupted search is finished with --resume)"
         )
     with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+        return [row for row in csv.DictReader(handle) if row.get("kind", "trial") == "trial"]  # baselines: summary
 
 
 def _read_json(path: Path) -> dict:

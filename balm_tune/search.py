@@ -1,9 +1,13 @@
-"""Hyperparameter search for BALM-TSF: Ray Tune runs the trials, Optuna (TPE) proposes, ASHA prunes.
+"""Hyperparameter search for BALM-TSF: Ray Tune runs the trials, Optuna (TPE) proposes, ASHA prunes
+(other Optuna samplers and Ray schedulers from the space file's `searcher:` and `scheduler:`).
 
     python -m balm_tune.search                                   # embedded default: ETTh1, CPU, offline
     python -m balm_tune.search --space search_spaces/paper_etth1.yaml --address auto   # a Ray cluster
     python -m balm_tune.search --name my-search --resume         # continue an interrupted search
+    python -m balm_tune.search --enqueue configs.yaml            # evaluate these configs first
+    python -m balm_tune.search --warm-start runs/old-search      # seed the sampler with a finished study
     tensorboard --logdir runs/<name>                             # curves and HParams of every trial
+    optuna-dashboard runs/<name>/optuna.journal                  # the Optuna study of the search
 
 Where results land: Ray keeps trials, checkpoints and TensorBoard files at --storage/<name> (a folder,
 or a URI such as s3://bucket/prefix that every node of a cluster reaches). At the end leaderboard.csv,
@@ -64,6 +68,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, help="seed of the Optuna sampler (overrides the space's seed)")
     p.add_argument(
+        "--enqueue",
+        metavar="FILE",
+        help="YAML list of configs (searched keys) evaluated first, after the space's own 'enqueue'",
+    )
+    p.add_argument(
+        "--warm-start",
+        metavar="EXPERIMENT",
+        help="seed the sampler with the finished trials of another experiment (folder, or name under --storage)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -116,14 +130,22 @@ def print_plan(plan: SearchPlan) -> None:
         shown = dist.values if dist.kind == "choice" else f"[{dist.low}, {dist.high}]"
         print(f"  search {key}: {dist.kind} {shown}")
     print(
-        f"  {space.num_samples} trials x up to {space.max_epochs} epochs; Optuna TPE (seed {space.seed}); "
-        f"ASHA grace {space.grace_period}, reduction {space.reduction_factor}"
+        f"  {space.num_samples} trials x up to {space.max_epochs} epochs; searcher {_strategy(space.searcher)} "
+        f"(seed {space.seed}); scheduler {_strategy(space.scheduler)}"
     )
+    if space.enqueue:
+        print(f"  evaluated first: {len(space.enqueue)} enqueued config(s)")
+    if plan.warm_start:
+        print(f"  sampler seeded with {len(plan.warm_start.trials)} finished trials of {plan.warm_start.source}")
     print(
         f"  per trial: {space.cpus_per_trial} CPU, {'auto' if plan.auto_gpus else space.gpus_per_trial} GPU; "
         f"GPU budget: {space.gpu_budget.strip()}"
     )
     print(f"  experiment: {plan.location.uri}; results also in {plan.experiment}")
+
+
+def _strategy(strategy) -> str:
+    return strategy.type + "".join(f" {k}={v}" for k, v in strategy.options.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             sampler_seed=args.seed,
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial,
+            enqueue=args.enqueue,
+            warm_start=args.warm_start,
             mlflow=args.mlflow,
             wandb=args.wandb,
             **parse_set_args(args.set),
@@ -211,6 +235,7 @@ def print_summary(result: SearchResult) -> None:
     print(f"summary:       {paths['summary']}")
     print(f"report:        {paths['report']}")
     print(f"tensorboard:   tensorboard --logdir {result.experiment}")
+    print(f"optuna study:  optuna-dashboard {paths['study']}  (study name {result.experiment.name})")
     print(f"retrain:       python -m balm_tune.train --config {paths['best_config']}")
 
 

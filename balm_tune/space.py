@@ -1,11 +1,13 @@
-"""Search spaces: a YAML file with a base config, distributions, budget, ASHA settings and resources.
+"""Search spaces: a YAML file with a base config, distributions, budget, strategies and resources.
 
     description: what this search is for
     gpu_budget: what it costs on GPUs (free text, shown by --dry-run)
     base:      {any core config key: value}            # every trial starts from this
     search:    {key: {type: int|float|log_float|choice, low: .., high: .. | values: [..]}}
     budget:    {num_samples: 12, max_epochs: 5}
-    scheduler: {grace_period: 1, reduction_factor: 2}
+    searcher:  {type: tpe, ...}                          # an Optuna sampler (balm_tune.strategies)
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # a Ray scheduler; no type: asha
+    enqueue:   [{key: value, ...}, ...]                  # configs evaluated first (e.g. the paper's own)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
     seed: 0                                              # the Optuna sampler's seed
     horizons:  {96: {learning_rate: .., epochs: ..}, 336: {..}}   # optional, per pred_len
@@ -28,6 +30,18 @@ from typing import Any
 
 import yaml
 
+from balm_tune.strategies import (
+    DEFAULT_SCHEDULER,
+    DEFAULT_SEARCHER,
+    SCHEDULERS,
+    SEARCHERS,
+    Strategy,
+    StrategyError,
+    check_buildable,
+    create_sampler,
+    create_scheduler,
+    parse_strategy,
+)
 from core.config import BalmConfig, ConfigError
 from core.errors import BalmError
 from core.yamlio import read_yaml
@@ -41,7 +55,9 @@ SECTIONS = {
     "seed": None,
     "horizons": None,
     "budget": {"num_samples", "max_epochs"},
-    "scheduler": {"grace_period", "reduction_factor"},
+    "searcher": None,  # checked against the sampler's keywords (balm_tune.strategies)
+    "scheduler": None,  # checked against the scheduler's keywords
+    "enqueue": None,
     "resources": {"cpus_per_trial", "gpus_per_trial"},
 }
 # keys that change the data, the prompts or the backbone shared by every trial: one search each
@@ -98,6 +114,12 @@ class Distribution:
             return tune.loguniform(self.low, self.high)
         return tune.choice(list(self.values))
 
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.values
+        number = isinstance(value, int if self.kind == "int" else int | float) and not isinstance(value, bool)
+        return number and self.low <= value <= self.high
+
 
 @dataclass
 class SearchSpace:
@@ -106,8 +128,9 @@ class SearchSpace:
     search: dict[str, Distribution]
     num_samples: int = 12
     max_epochs: int = 5
-    grace_period: int = 1
-    reduction_factor: float = 2.0
+    searcher: Strategy = DEFAULT_SEARCHER
+    scheduler: Strategy = DEFAULT_SCHEDULER
+    enqueue: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     seed: int = 0
@@ -125,6 +148,10 @@ class SearchSpace:
 
     def param_space(self) -> dict[str, Any]:
         return {key: dist.to_tune() for key, dist in self.search.items()}
+
+    def mutations(self) -> dict[str, Any]:
+        """PBT's hyperparam_mutations: the float keys (they change no parameter shape)."""
+        return {key: dist.to_tune() for key, dist in self.search.items() if dist.kind in ("float", "log_float")}
 
     def with_base_overrides(self, overrides: dict[str, Any]) -> SearchSpace:
         """`--set key=value` on the base config; every distribution is re-checked against it."""
@@ -157,7 +184,9 @@ class SearchSpace:
             "base": self.base.to_dict(),
             "search": {k: d.to_spec() for k, d in self.search.items()},
             "budget": {"num_samples": self.num_samples, "max_epochs": self.max_epochs},
-            "scheduler": {"grace_period": self.grace_period, "reduction_factor": self.reduction_factor},
+            "searcher": self.searcher.to_spec(),
+            "scheduler": self.scheduler.to_spec(),
+            "enqueue": self.enqueue,
             "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
             "seed": self.seed,
         }
@@ -253,13 +282,22 @@ def _check_budget(space: SearchSpace) -> None:
     p = space.path
     _number(p, "budget.num_samples", space.num_samples, 1, integer=True)
     _number(p, "budget.max_epochs", space.max_epochs, 1, integer=True)
-    _number(p, "scheduler.grace_period", space.grace_period, 1, integer=True)
-    if space.grace_period > space.max_epochs:
-        raise _fail(
-            p, "scheduler.grace_period", f"got {space.grace_period}, expected <= max_epochs ({space.max_epochs})"
+    grace = space.scheduler.options.get("grace_period")
+    if grace is not None:
+        _number(p, "scheduler.grace_period", grace, 1, integer=True)
+        if grace > space.max_epochs:
+            raise _fail(p, "scheduler.grace_period", f"got {grace}, expected <= max_epochs ({space.max_epochs})")
+    if space.scheduler.type == "pbt" and space.searcher.type != "random":
+        raise _fail(p, "searcher.type", f"got {space.searcher.type!r}: pbt samples its own population; use 'random'")
+    if space.scheduler.type == "pbt" and not space.mutations():
+        raise _fail(p, "scheduler.type", "pbt perturbs float keys; the space searches none")
+    try:
+        check_buildable("searcher", create_sampler, space.searcher, space.seed)
+        check_buildable(
+            "scheduler", create_scheduler, space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()
         )
-    if not _number(p, "scheduler.reduction_factor", space.reduction_factor, 1) > 1:
-        raise _fail(p, "scheduler.reduction_factor", f"got {space.reduction_factor}, expected > 1")
+    except StrategyError as err:
+        raise SpaceError(f"search space {p}: {err}") from None
     if not _number(p, "resources.cpus_per_trial", space.cpus_per_trial, 0) > 0:
         raise _fail(p, "resources.cpus_per_trial", "expected > 0")
     _number(p, "resources.gpus_per_trial", space.gpus_per_trial, 0)
@@ -294,12 +332,20 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
     if not isinstance(search, dict) or not search:
         raise _fail(path, "search", "expected a non-empty mapping of config keys to distributions")
     horizons = _horizons(path, raw.get("horizons") or {}, base)
+    distributions = {k: _distribution(path, k, v, base) for k, v in search.items()}
+    try:
+        searcher = parse_strategy("searcher", raw.get("searcher"), SEARCHERS, DEFAULT_SEARCHER)
+        scheduler = parse_strategy("scheduler", raw.get("scheduler"), SCHEDULERS, DEFAULT_SCHEDULER)
+    except StrategyError as err:
+        raise SpaceError(f"search space {path}: {err}") from None
     space = SearchSpace(
         path=path,
         base=base,
-        search={k: _distribution(path, k, v, base) for k, v in search.items()},
+        search=distributions,
+        searcher=searcher,
+        scheduler=scheduler,
+        enqueue=check_points(f"search space {path}", raw.get("enqueue") or [], distributions),
         **raw.get("budget", {}),
-        **raw.get("scheduler", {}),
         **raw.get("resources", {}),
         seed=raw.get("seed", 0),
         description=raw.get("description", ""),
@@ -331,3 +377,33 @@ def _horizons(path: Path, raw: Any, base: BalmConfig) -> dict[int, dict[str, Any
         except ConfigError as err:
             raise SpaceError(f"search space {path}: {err}") from None
     return dict(raw)
+
+
+def check_points(source: str, points: Any, search: dict[str, Distribution]) -> list[dict[str, Any]]:
+    """Configs to evaluate first: a list of mappings from searched keys to values inside their ranges;
+    `source` ('search space FILE' or '--enqueue FILE') starts every error."""
+    if not isinstance(points, list) or not all(isinstance(p, dict) and p for p in points):
+        raise SpaceError(
+            f"{source}: 'enqueue': expected a list of mappings from searched keys to values, got {points!r}"
+        )
+    for i, point in enumerate(points):
+        for key, value in point.items():
+            dist = search.get(key)
+            if dist is None:
+                raise SpaceError(f"{source}: 'enqueue[{i}].{key}': not a searched key; searched: {sorted(search)}")
+            if not dist.contains(value):
+                shown = dist.values if dist.kind == "choice" else f"[{dist.low}, {dist.high}]"
+                raise SpaceError(f"{source}: 'enqueue[{i}].{key}': got {value!r}, expected {dist.kind} in {shown}")
+    return points
+
+
+def load_points(path: str | Path, search: dict[str, Distribution]) -> list[dict[str, Any]]:
+    """`--enqueue FILE`: a YAML list of configs (searched keys only), checked against the space."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"--enqueue {path}: file not found")
+    try:
+        points = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpaceError(f"--enqueue {path}: not valid YAML ({err})") from None
+    return check_points(f"--enqueue {path}", points, search)

@@ -7,6 +7,7 @@ once in the driver (`build_shared`) and reach each trial through Ray's object st
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -24,6 +25,7 @@ from core.prompts import PromptTokens
 from core.train import DivergedError, EpochReport, Trainer, build_prompts
 
 CHECKPOINT_FILE = "trainer.pt"
+LINEAGE_FILE = "lineage.json"  # the params that wrote a checkpoint and how often PBT replaced them before
 
 
 @dataclass
@@ -71,10 +73,12 @@ def trial_trainable(shared: SharedInputs):
 def train_balm(params: dict, shared: SharedInputs) -> None:
     """Train one trial; resumes from Tune's checkpoint after a crash; reports after every epoch."""
     trainer = shared.trainer(params)
-    checkpoint = tune.get_checkpoint()
+    checkpoint, perturbations = tune.get_checkpoint(), 0
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
+            perturbations = perturbations_of(Path(folder), params)
+    started = trainer.epoch
     context = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "device": str(trainer.device),
@@ -89,14 +93,22 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
             **epoch.to_dict(),
             "best_val_mae": trainer.best["val_mae"],
             "bad_epochs": trainer.best["bad_epochs"],
+            "perturbations": perturbations,
             **context,
         }
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
+            (Path(folder) / LINEAGE_FILE).write_text(
+                json.dumps({"params": params, "perturbations": perturbations}, default=_item)
+            )
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
         trainer.fit(on_epoch=report)
+        if (
+            trainer.epoch == started and trainer.history
+        ):  # nothing left to train from the checkpoint: report this trial's state
+            report(EpochReport(**trainer.history[-1]))
     except DivergedError as err:  # a finished trial, recorded as failed with its reason; no retry
         tune.report(
             {"val_mse": math.inf, "best_val_mse": math.inf, "failed": str(err), "epoch": trainer.epoch, **context}
@@ -114,6 +126,21 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
                 **context,
             }
         )
+
+
+def perturbations_of(folder: Path, params: dict) -> int:
+    """How often the trial's config was replaced (PBT): the checkpoint's count, plus one if the params
+    that wrote it differ from this trial's (a crash restart resumes its own checkpoint: no change)."""
+    lineage = folder / LINEAGE_FILE
+    if not lineage.is_file():
+        return 0
+    written = json.loads(lineage.read_text())
+    return written["perturbations"] + (written["params"] != json.loads(json.dumps(params, default=_item)))
+
+
+def _item(value):
+    """numpy scalars (Tune's samplers) -> Python numbers for JSON."""
+    return value.item()
 
 
 def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Checkpoint) -> dict:

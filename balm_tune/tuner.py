@@ -1,15 +1,83 @@
-"""The Ray Tune set-up of a search (Optuna TPE proposes, ASHA prunes) and of the winner's retraining."""
+"""The Ray Tune set-up, built in one place (`build_tuner`) for the search, the winner's retraining on
+further seeds and the benchmarks; `make_tuner` adds the space's searcher and scheduler."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
 
+METRIC = "best_val_mse"  # what every searcher and scheduler minimises
 SYNC_PERIOD_S = 10  # the driver's experiment state reaches remote storage at most this late (Ray's default: 300)
+
+
+@dataclasses.dataclass
+class WarmStart:
+    """Finished trials of another study that seed a new search's sampler (`--warm-start`)."""
+
+    source: str  # the other experiment's folder
+    trials: list  # optuna FrozenTrials, COMPLETE and PRUNED
+
+
+def build_tuner(
+    shared: SharedInputs,
+    folder: Location,
+    *,
+    param_space: dict[str, Any],
+    num_samples: int = 1,
+    concurrent: int = 1,
+    search_alg=None,
+    scheduler=None,
+    callbacks: list | None = None,
+    stop: dict | None = None,
+    checkpoints: int = 2,
+    verbose: int | None = None,
+    resume: bool = False,
+    trust_experiment: bool = False,
+):
+    """A `tune.Tuner` over the BALM trainable writing to `folder`, a path or URI (or, with `resume`, the
+    interrupted one restored from it once its pickles are verified: balm_tune.integrity; a folder Tune
+    never saved its state to starts afresh):
+    the trials' resources, checkpoints, failure policy, actor reuse and loggers (result.json, progress.csv,
+    TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them."""
+    from ray import tune
+
+    from balm_tune.callbacks import loggers
+    from balm_tune.integrity import verify
+
+    trainable = trial_trainable(shared)
+    if resume and restorable(folder):
+        if not trust_experiment:
+            verify(folder)
+        return tune.Tuner.restore(folder.uri, trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            metric=METRIC if search_alg or scheduler else None,
+            mode="min" if search_alg or scheduler else None,
+            num_samples=num_samples,
+            max_concurrent_trials=concurrent,
+            reuse_actors=True,  # one worker process runs trial after trial: no per-trial import and start-up
+        ),
+        run_config=tune.RunConfig(
+            name=folder.name,
+            storage_path=folder.parent.uri,
+            sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
+            stop=stop,
+            verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints),
+            callbacks=[*loggers(), *(callbacks or [])],
+        ),
+    )
 
 
 def make_tuner(
@@ -18,51 +86,57 @@ def make_tuner(
     experiment: Location,
     concurrent: int,
     resume: bool,
+    journal: Path,
+    warm_start: WarmStart | None = None,
     extra_callbacks: Sequence = (),
+    verbose: int | None = None,
     trust_experiment: bool = False,
 ):
-    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`, a path or URI,
-    after its pickles are verified: balm_tune.integrity); `extra_callbacks` are added to its loggers
-    (experiment trackers, balm_tune.trackers). A folder Tune never saved its state to starts afresh."""
+    """The search's Tuner at `experiment` (a path or URI): the space's searcher (an Optuna sampler inside
+    `StudySearch`; the study in the local file `journal`, named after the experiment) and scheduler, with
+    its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers.
+    With `resume`, the interrupted Tuner is restored after its pickles are verified (balm_tune.integrity)."""
     import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search import BasicVariantGenerator
 
-    from balm_tune.callbacks import TrialLines, loggers
-    from balm_tune.integrity import Sealer, verify
+    from balm_tune.callbacks import TrialLines
+    from balm_tune.integrity import Sealer
+    from balm_tune.optuna_search import StudyRecorder
+    from balm_tune.strategies import create_scheduler, create_searcher
 
-    trainable = trial_trainable(shared)
-    if resume and restorable(experiment):
-        if not trust_experiment:
-            verify(experiment)
-        return tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return tune.Tuner(
-        trainable,
+    pbt = space.scheduler.type == "pbt"
+    search_alg = create_searcher(
+        space.searcher,
+        seed=space.seed,
+        journal=journal,
+        study_name=experiment.name,
+        max_epochs=space.max_epochs,
+        patience=space.base.patience,
+        points_to_evaluate=[] if pbt else space.enqueue,  # PBT's generator runs them; the recorder records them
+        seed_trials=warm_start.trials if warm_start else [],
+        seed_source=warm_start.source if warm_start else "",
+    )
+    callbacks = [*extra_callbacks, TrialLines(space.max_epochs, space.base.patience, space.scheduler.type), Sealer()]
+    if pbt:  # Ray allows no searcher beside PBT: it samples its own population,
+        callbacks.append(StudyRecorder(search_alg, space.param_space()))  # recorded in the study all the same
+        search_alg = BasicVariantGenerator(points_to_evaluate=space.enqueue or None, random_state=space.seed)
+    return build_tuner(
+        shared,
+        experiment,
         param_space=space.param_space(),
-        tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=space.seed)),
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=space.max_epochs,
-                grace_period=space.grace_period,
-                reduction_factor=space.reduction_factor,
-            ),
-            metric="best_val_mse",
-            mode="min",
-            num_samples=space.num_samples,
-            max_concurrent_trials=min(concurrent, space.num_samples),
-            reuse_actors=True,  # one worker process runs trial after trial: no per-trial import and start-up
-        ),
-        run_config=tune.RunConfig(
-            name=experiment.name,
-            storage_path=experiment.parent.uri,
-            sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
-            failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[*loggers(), *extra_callbacks, TrialLines(space.max_epochs, space.base.patience), Sealer()],
-        ),
+        num_samples=space.num_samples,
+        concurrent=min(concurrent, space.num_samples),
+        search_alg=search_alg,
+        scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
+        callbacks=callbacks,
+        # PBT has no max_t: without this it would still replace a trial's config after its last epoch; it
+        # clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
+        stop={"epoch": space.max_epochs} if pbt else None,
+        checkpoints=4 if pbt else 2,
+        verbose=verbose,
+        resume=resume,
+        trust_experiment=trust_experiment,
     )
 
 
@@ -78,15 +152,13 @@ def run_final_seeds(
     """Retrain the winner on n further seeds (in parallel trials) and collect their test metrics."""
     from ray import tune
 
-    from balm_tune.callbacks import loggers
-
     seeds = [space.base.seed + i for i in range(1, n + 1)]
-    trainable = trial_trainable(dataclasses.replace(shared, evaluate_test=True))
-    grid = tune.Tuner(
-        trainable,
+    grid = build_tuner(
+        dataclasses.replace(shared, evaluate_test=True),
+        experiment.child("final_seeds"),
         param_space={**params, "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=min(concurrent, n)),
-        run_config=tune.RunConfig(name="final_seeds", storage_path=experiment.uri, verbose=0, callbacks=loggers()),
+        concurrent=min(concurrent, n),
+        verbose=0,
     )
     results = grid.fit()
     return [

@@ -13,11 +13,10 @@ trial at a time with the same number of torch threads (--cpus-per-trial; 2 = the
           core.train.build_prompts), then core.train.Trainer(config, data, backbone, prompts).fit() for each
           config in turn, in this process
   search  balm_tune.trainable.build_shared (the same inputs, once), a private local Ray started as
-          balm_tune.search does (init_ray), then a Tuner over balm_tune.trainable.train_balm with the search's
-          resources, checkpoints, failure policy and callbacks. The fixed configs reach Tune as
-          BasicVariantGenerator(points_to_evaluate=...) with FIFO scheduling, so every config runs all its
-          epochs (no ASHA pruning) and exactly these configs run. Timed: inputs + Ray start + Tuner.fit()
-          + Ray shutdown.
+          balm_tune.search does (init_ray), then the search's own Tuner (balm_tune.tuner.make_tuner: resources,
+          checkpoints, failure policy, callbacks, the Optuna study) with the fixed configs enqueued, the
+          random searcher and the FIFO scheduler, so every config runs all its epochs (no pruning) and exactly
+          these configs run. Timed: inputs + Ray start + Tuner.fit() + Ray shutdown.
 
 Each repeat runs both sides (the order alternates between repeats so that drift hits both); the headline
 figures come from each side's fastest repeat (other jobs on the machine only ever add time; medians are
@@ -31,6 +30,7 @@ for each config, i.e. that they really trained the same thing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
@@ -42,10 +42,13 @@ from pathlib import Path
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import balm_tune.api  # noqa: E402, F401  (sets the search's Tune environment defaults on import)
-from balm_tune.callbacks import TrialLines, loggers  # noqa: E402
 from balm_tune.cluster import init_ray  # noqa: E402
+from balm_tune.optuna_search import JOURNAL  # noqa: E402
 from balm_tune.space import SearchSpace, load_space  # noqa: E402
-from balm_tune.trainable import build_shared, trial_trainable  # noqa: E402
+from balm_tune.storage import open_location  # noqa: E402
+from balm_tune.strategies import Strategy  # noqa: E402
+from balm_tune.trainable import build_shared  # noqa: E402
+from balm_tune.tuner import make_tuner  # noqa: E402
 from core import backbones  # noqa: E402
 from core.data import ForecastData  # noqa: E402
 from core.train import Trainer, build_prompts, preflight  # noqa: E402
@@ -147,35 +150,18 @@ def run_direct(space: SearchSpace, data: ForecastData, configs: list[dict], thre
 def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], storage: Path, name: str) -> Side:
     """build_shared, Ray start, a Tuner over the fixed configs (FIFO, one at a time), Ray shutdown."""
     import ray
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
     loads_before = backbones.LOADS
     started = time.perf_counter()
     shared = build_shared(space, data)
     inputs_s = time.perf_counter() - started
-    init_ray(None, space)  # ray.init(address="local", ...): a private Ray, as balm_tune.search starts it
+    init_ray(None, open_location(storage))  # a private local Ray, as balm_tune.search starts it
     ray_start_s = time.perf_counter() - started - inputs_s
-    trainable = trial_trainable(shared)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space.param_space(),
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=[dict(c) for c in configs], max_concurrent=1),
-            metric="best_val_mse",
-            mode="min",
-            num_samples=len(configs),
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(storage),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[*loggers(), TrialLines(space.max_epochs, space.base.patience)],
-        ),
+    # the search's own Tuner; the fixed configs enqueued, FIFO: exactly these configs, every epoch
+    fixed = dataclasses.replace(
+        space, searcher=Strategy("random"), scheduler=Strategy("fifo"), enqueue=[dict(c) for c in configs]
     )
+    tuner = make_tuner(fixed, shared, open_location(storage / name), 1, False, storage / name / JOURNAL, verbose=0)
     fit_started = time.perf_counter()
     results = tuner.fit()
     fit_s = time.perf_counter() - fit_started

@@ -1,32 +1,32 @@
-"""Search quality: best val MSE of Optuna TPE + ASHA (balm_tune.search) vs random search without pruning,
-for the same epoch budget, on the default search space, over several seeds.
+"""Search quality: how the default search (Optuna TPE + ASHA) should tell Optuna about the trials ASHA stops,
+against random search without pruning, for the same trained-epoch budget, over several seeds.
 
-Run from the repository root (2 CPU cores: about 12 minutes; take the lock so other jobs stay off the CPUs):
+Run from the repository root (2 CPU cores; take the lock so other jobs stay off the CPUs):
 
-    flock /tmp/bench.lock python bench/search_quality.py | tee /work/notes/search_quality_output.txt
-    python bench/search_quality.py --quick                  # smoke run, about 2 minutes
+    flock /tmp/bench.lock python bench/search_quality.py | tee search_quality_output.txt
+    python bench/search_quality.py --quick                  # smoke run, a few minutes
     python bench/search_quality.py --seeds 0 1 2 3 4 --num-samples 16 --max-train-batches 20
 
-For each seed:
-  optuna+asha  the search exactly as balm_tune.search builds it (balm_tune.tuner.make_tuner: OptunaSearch with
-               TPESampler(seed), ASHAScheduler with the space's grace period and reduction factor), --num-samples
-               trials of up to --max-epochs epochs. Its budget B = the epochs its trials actually trained
-               (ASHA stops most trials early).
-  random       the same space, trainable, resources and concurrency, sampled at random by Tune's
-               BasicVariantGenerator(random_state=seed) and scheduled FIFO (no pruning: every trial trains all
-               --max-epochs epochs, unless early stopping by the base config's patience): round(B / max_epochs)
-               trials, so it trains about the same B epochs (the printed epoch counts show by how much they differ).
-
-Both arms train every config from the same model seed (the base config's `seed`), read the same data, backbone
-and prompt ids (balm_tune.trainable.build_shared, built once) and select on validation MSE only. It prints, per
-seed and as the mean over seeds, each arm's best val MSE, the epochs and trials it used, and its wall time.
-The trial length is set with --set-style flags (--max-train-batches, --max-eval-batches): the default space's
-full trials (30 batches, 5 epochs, 12 trials) would take about an hour per seed on 2 CPUs.
+Three arms per seed, each built by balm_tune.tuner.make_tuner (the search's own Tuner) on the default space
+(distributions, ASHA grace period and reduction factor, base config) with the trial length set by the flags:
+  pruned     the default: TPE (seeded) inside StudySearch; ASHA-stopped trials are PRUNED in the Optuna study,
+             with every epoch's validation MSE as an intermediate value (`searcher: {type: tpe}`)
+  complete   what Ray's OptunaSearch does: ASHA-stopped trials are COMPLETE with their partial value
+             (`searcher: {type: tpe, pruned_trials: complete}`)
+  random     Optuna's RandomSampler (seeded), FIFO (no pruning: every trial trains all --max-epochs epochs unless
+             early-stopped by the base config's patience), round(B / max_epochs) trials, where B is the mean
+             number of epochs the two ASHA arms trained for this seed: the same trained-epoch budget
+--num-samples trials for each ASHA arm. Every arm trains each config from the same model seed, reads the same data,
+backbone and prompt ids (built once) and selects its winner on validation MSE only. For each winner it then computes
+the test MSE over every test window (not the capped subset used for validation). It prints, per seed and as
+mean +- std over seeds, each arm's winner validation MSE, the winner's test MSE, the epochs and trials it used,
+and the wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
@@ -35,36 +35,57 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 import balm_tune.api  # noqa: F401  (sets the search's Tune environment defaults on import)
-from balm_tune.callbacks import TrialLines
 from balm_tune.cluster import init_ray
+from balm_tune.export import leaderboard
+from balm_tune.optuna_search import JOURNAL
+from balm_tune.outcome import Outcome
 from balm_tune.space import SearchSpace, load_space
-from balm_tune.trainable import SharedInputs, build_shared, trial_trainable
+from balm_tune.storage import open_location
+from balm_tune.strategies import Strategy
+from balm_tune.trainable import SharedInputs, build_shared
 from balm_tune.tuner import make_tuner
-from core.train import preflight
+from core.train import eval_index, preflight
+
+ARMS = {  # searcher (its TPE options get --tpe-startup-trials), scheduler (None: the space's ASHA)
+    "pruned": (Strategy("tpe", {"pruned_trials": "pruned"}), None),
+    "complete": (Strategy("tpe", {"pruned_trials": "complete"}), None),
+    "random": (Strategy("random"), Strategy("fifo")),
+}
 
 
 @dataclass
 class ArmResult:
-    best_val_mse: float  # the best trial's best validation MSE (inf: every trial failed)
+    val_mse: float  # the winner's best validation MSE (inf: every trial failed)
+    test_mse: float  # the winner's test MSE over every test window
     epochs: int  # epochs trained by all its trials together
     trials: int
-    stopped_early: int  # trials that trained fewer than max_epochs (ASHA, early stopping or divergence)
+    stopped_early: int  # trials that trained fewer than max_epochs
     wall_s: float
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds (default: 0 1 2)")
-    p.add_argument("--num-samples", type=int, default=12, help="trials of the Optuna+ASHA arm (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=12, help="trials of each ASHA arm (default: %(default)s)")
     p.add_argument("--max-epochs", type=int, default=4, help="epochs of an unpruned trial (default: %(default)s)")
-    p.add_argument("--max-train-batches", type=int, default=8, help="training batches per epoch (default: %(default)s)")
-    p.add_argument("--max-eval-batches", type=int, default=6, help="validation batches (default: %(default)s)")
     p.add_argument(
-        "--cpus-per-trial",
-        type=float,
-        default=1.0,
-        help="CPUs per trial; 1 runs 2 trials at once on 2 cores (default: %(default)s)",
+        "--max-train-batches", type=int, default=10, help="training batches per epoch (default: %(default)s)"
+    )
+    p.add_argument("--max-eval-batches", type=int, default=8, help="validation batches (default: %(default)s)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
+    p.add_argument(
+        "--tpe-startup-trials",
+        type=int,
+        help="TPE's random start-up trials (Optuna's default 10: with fewer trials than that both TPE arms "
+        "sample exactly the configs of Optuna's RandomSampler with the same seed, and nothing is compared)",
+    )
+    p.add_argument(
+        "--test-batches",
+        type=int,
+        help="test the winners on this many evenly spaced batches instead of every test window (CPU time)",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: seed 0, 4 trials of up to 2 epochs of 3 batches")
     args = p.parse_args()
@@ -74,7 +95,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_space(args: argparse.Namespace) -> SearchSpace:
-    """The default space (distributions, ASHA settings) with this benchmark's budget and trial length."""
+    """The default space (distributions, searcher, scheduler) with this benchmark's budget and trial length."""
     space = load_space().with_base_overrides(
         {"max_train_batches": args.max_train_batches, "max_eval_batches": args.max_eval_batches}
     )
@@ -83,96 +104,77 @@ def make_space(args: argparse.Namespace) -> SearchSpace:
     )
 
 
-def summarise(results, max_epochs: int, wall_s: float) -> ArmResult:
-    """Best val MSE and the epochs actually trained (each trial's last reported `epoch`) of a ResultGrid."""
-    best, epochs, early = math.inf, 0, 0
-    for result in results:
-        metrics = result.metrics or {}
-        trained = int(metrics.get("epoch", 0))
-        epochs += trained
-        early += trained < max_epochs
-        if result.error is None and not metrics.get("failed"):
-            best = min(best, metrics.get("best_val_mse", math.inf))
-    return ArmResult(best, epochs, len(results), early, wall_s)
-
-
-# --- the two arms ------------------------------------------------------------------------------------------
-def run_optuna_asha(space: SearchSpace, shared: SharedInputs, storage: Path, concurrent: int) -> ArmResult:
-    """balm_tune.search's own Tuner (TPE seeded with space.seed, ASHA)."""
+def run_arm(
+    space: SearchSpace, shared: SharedInputs, folder: Path, concurrent: int, test_batches: int | None
+) -> ArmResult:
+    """One search with the search's own Tuner; the winner's test MSE over every test window (or
+    `test_batches` evenly spaced batches)."""
     started = time.perf_counter()
-    results = make_tuner(space, shared, storage / f"optuna-asha-seed{space.seed}", concurrent, resume=False).fit()
-    return summarise(results, space.max_epochs, time.perf_counter() - started)
+    experiment = open_location(folder)
+    results = make_tuner(space, shared, experiment, concurrent, False, folder / JOURNAL, verbose=0).fit()
+    wall = time.perf_counter() - started
+    rows = leaderboard(results, space)
+    epochs = sum(int(r["epochs_run"]) for r in rows)
+    early = sum(int(r["epochs_run"]) < space.max_epochs for r in rows)
+    winner = rows[0]
+    if winner["outcome"] is Outcome.FAILED or not winner["checkpoint"]:
+        return ArmResult(math.inf, math.inf, epochs, len(rows), early, wall)
+    trainer = shared.trainer(winner["params"])
+    torch.set_num_threads(os.cpu_count() or 1)  # the driver is idle between searches: all cores for the test
+    trainer.load(winner["checkpoint"])
+    trainer.use_best_weights()
+    test = trainer.evaluate("test", test_batches)
+    return ArmResult(winner["best_val_mse"], test.mse, epochs, len(rows), early, wall)
 
 
-def run_random(space: SearchSpace, shared: SharedInputs, storage: Path, concurrent: int, trials: int) -> ArmResult:
-    """Random sampling of the same space (seeded), FIFO: every trial trains all its epochs."""
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
-
-    started = time.perf_counter()
-    trainable = trial_trainable(shared)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space.param_space(),
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(random_state=space.seed, max_concurrent=min(concurrent, trials)),
-            metric="best_val_mse",
-            mode="min",
-            num_samples=trials,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"random-seed{space.seed}",
-            storage_path=str(storage),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[TrialLines(space.max_epochs, space.base.patience)],
-        ),
-    )
-    return summarise(tuner.fit(), space.max_epochs, time.perf_counter() - started)
+def repeat_last_test_mse(shared: SharedInputs, test_batches: int | None) -> float:
+    """The naive baseline on the same test windows: every future value = the window's last input value."""
+    windows, squared = shared.data.test, 0.0
+    tested = eval_index(len(windows), shared.space.base.batch_size, test_batches)
+    for index in tested.split(4096):
+        x, y = windows.inputs(index), windows.targets(index)
+        squared += (y - x[:, -1:]).double().square().sum().item()
+    return squared / (len(tested) * shared.space.base.pred_len)
 
 
-# --- report ----------------------------------------------------------------------------------------------
-def row(label: str, a: ArmResult, b: ArmResult) -> str:
-    better = "optuna+asha" if a.best_val_mse < b.best_val_mse else "random" if b.best_val_mse < a.best_val_mse else "-"
-    return (
-        f"{label:>6s}  {a.best_val_mse:12.6f} {b.best_val_mse:12.6f}  {a.epochs:6d} {b.epochs:6d}  "
-        f"{a.trials:3d} ({a.stopped_early:2d} early) {b.trials:3d} ({b.stopped_early:2d} early)  "
-        f"{a.wall_s:6.0f} {b.wall_s:6.0f}  {better}"
-    )
+def mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} +- {std:.4f}"
 
 
-def print_report(seeds: list[int], arms: list[tuple[ArmResult, ArmResult]], space: SearchSpace) -> None:
+def print_report(
+    seeds: list[int],
+    runs: dict[str, list[ArmResult]],
+    space: SearchSpace,
+    test_windows: int,
+    naive: float,
+    args: argparse.Namespace,
+) -> None:
+    every = "all" if args.test_batches is None else "evenly spaced"
     print(
-        f"\n=== search quality on the default space: trials of up to {space.max_epochs} epochs x "
-        f"{space.base.max_train_batches} batches, validation on {space.base.max_eval_batches} batches, "
-        f"ASHA grace {space.grace_period} / reduction {space.reduction_factor:g} ==="
+        f"\n=== search quality on the default space: {args.num_samples} trials per ASHA arm of up to "
+        f"{space.max_epochs} epochs x {space.base.max_train_batches} batches, validation on "
+        f"{space.base.max_eval_batches} batches of {space.base.batch_size} windows, test on {every} "
+        f"{test_windows} test windows; ASHA {space.scheduler.options}; TPE start-up trials "
+        f"{args.tpe_startup_trials or 'default (10)'}; seeds {seeds} ==="
     )
-    print(f"{'seed':>6s}  {'best val mse':>25s}  {'epochs':>13s}  {'trials':>31s}  {'wall s':>13s}  better")
-    print(
-        f"{'':6s}  {'optuna+asha':>12s} {'random':>12s}  {'o+a':>6s} {'random':>6s}  "
-        f"{'optuna+asha':>15s} {'random':>15s}  {'o+a':>6s} {'random':>6s}"
-    )
-    for seed, (a, b) in zip(seeds, arms, strict=True):
-        print(row(str(seed), a, b))
-    mean = [
-        ArmResult(
-            statistics.fmean(r.best_val_mse for r in runs),
-            round(statistics.fmean(r.epochs for r in runs)),
-            round(statistics.fmean(r.trials for r in runs)),
-            round(statistics.fmean(r.stopped_early for r in runs)),
-            statistics.fmean(r.wall_s for r in runs),
+    print(f"{'arm':>9s} {'seed':>5s} {'winner val mse':>15s} {'winner test mse':>16s} {'epochs':>7s} {'trials':>12s}")
+    for arm, results in runs.items():
+        for seed, r in zip(seeds, results, strict=True):
+            print(
+                f"{arm:>9s} {seed:5d} {r.val_mse:15.4f} {r.test_mse:16.4f} {r.epochs:7d} "
+                f"{r.trials:4d} ({r.stopped_early:2d} early) {r.wall_s:6.0f}s"
+            )
+    print(f"\n{'arm':>9s} {'winner val mse (mean +- std)':>30s} {'winner test mse':>22s} {'epochs':>8s}")
+    for arm, results in runs.items():
+        print(
+            f"{arm:>9s} {mean_std([r.val_mse for r in results]):>30s} "
+            f"{mean_std([r.test_mse for r in results]):>22s} {statistics.fmean(r.epochs for r in results):8.1f}"
         )
-        for runs in zip(*arms, strict=True)
-    ]
-    print(row("mean", *mean))
-    wins = sum(a.best_val_mse < b.best_val_mse for a, b in arms)
-    print(
-        f"optuna+asha better on {wins} of {len(arms)} seeds; mean best val mse {mean[0].best_val_mse:.6f} "
-        f"(optuna+asha) vs {mean[1].best_val_mse:.6f} (random), difference "
-        f"{100 * (mean[0].best_val_mse / mean[1].best_val_mse - 1):+.2f}%"
-    )
+    print(f"{'repeat last value (baseline)':>40s} {naive:22.4f}  (test, the same windows)")
+    means = {arm: statistics.fmean(r.val_mse for r in results) for arm, results in runs.items()}
+    lowest = [arm for arm, mean in means.items() if mean == min(means.values())]
+    print(f"lowest mean winner val mse: {' = '.join(lowest)}")
 
 
 def main() -> int:
@@ -182,25 +184,42 @@ def main() -> int:
     space = make_space(args)
     data = preflight(space.base)
     print(
-        f"default space {space.path.name}: seeds {args.seeds}; optuna+asha {args.num_samples} trials of up to "
-        f"{args.max_epochs} epochs x {args.max_train_batches} batches; {args.cpus_per_trial:g} CPU per trial",
+        f"default space {space.path.name}: seeds {args.seeds}; {args.num_samples} trials of up to {args.max_epochs} "
+        f"epochs x {args.max_train_batches} batches per ASHA arm; {args.cpus_per_trial:g} CPU per trial",
         flush=True,
     )
     shared = build_shared(space, data)
-    arms = []
+    runs: dict[str, list[ArmResult]] = {arm: [] for arm in ARMS}
     try:
-        concurrent = init_ray(None, space)  # ray.init(address="local", ...): a private local Ray
         with tempfile.TemporaryDirectory(prefix="search_quality-") as folder:
+            cluster = init_ray(None, open_location(folder))  # a private local Ray, as the search starts it
+            concurrent = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
             for seed in args.seeds:
-                seeded = space.with_overrides(seed=seed)
-                print(f"seed {seed}: optuna+asha ...", flush=True)
-                tpe = run_optuna_asha(seeded, shared, Path(folder), concurrent)
-                trials = max(1, math.floor(tpe.epochs / space.max_epochs + 0.5))
-                print(f"seed {seed}: optuna+asha trained {tpe.epochs} epochs; random: {trials} trials ...", flush=True)
-                arms.append((tpe, run_random(seeded, shared, Path(folder), concurrent, trials)))
+                budgets = []
+                for arm, (searcher, scheduler) in ARMS.items():
+                    if searcher.type == "tpe" and args.tpe_startup_trials is not None:
+                        searcher = Strategy("tpe", {**searcher.options, "n_startup_trials": args.tpe_startup_trials})
+                    arm_space = dataclasses.replace(
+                        space, seed=seed, searcher=searcher, scheduler=scheduler or space.scheduler
+                    )
+                    if arm == "random":
+                        trials = max(1, math.floor(statistics.fmean(budgets) / space.max_epochs + 0.5))
+                        arm_space = dataclasses.replace(arm_space, num_samples=trials)
+                    print(f"seed {seed}: {arm} ({arm_space.num_samples} trials) ...", flush=True)
+                    result = run_arm(
+                        arm_space, shared, Path(folder) / f"{arm}-seed{seed}", concurrent, args.test_batches
+                    )
+                    budgets.append(result.epochs)
+                    runs[arm].append(result)
+                    print(
+                        f"seed {seed}: {arm}: winner val mse {result.val_mse:.4f}, test mse {result.test_mse:.4f}, "
+                        f"{result.epochs} epochs, {result.wall_s:.0f}s",
+                        flush=True,
+                    )
     finally:
         ray.shutdown()
-    print_report(args.seeds, arms, space)
+    tested = len(eval_index(len(shared.data.test), space.base.batch_size, args.test_batches))
+    print_report(args.seeds, runs, space, tested, repeat_last_test_mse(shared, args.test_batches), args)
     print(
         f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
         f"on {os.cpu_count()} CPUs (other jobs on the machine inflate the times)"

@@ -68,7 +68,8 @@ TINY_SPACE = {
 
 
 def write_tiny_space(folder: Path, **sections) -> Path:
-    """Write the tiny search space to folder/space.yaml; mapping sections are updated, others replaced."""
+    """Write the tiny search space to folder/space.yaml; mapping sections are updated, others (and a
+    `searcher` or `scheduler` with a `type`: another strategy) replaced."""
     import copy
 
     import yaml
@@ -76,7 +77,8 @@ def write_tiny_space(folder: Path, **sections) -> Path:
     space = copy.deepcopy(TINY_SPACE)
     space["base"]["data_path"] = str(ETTH1)
     for key, value in sections.items():
-        space[key] = {**space[key], **value} if isinstance(value, dict) and isinstance(space.get(key), dict) else value
+        merge = isinstance(value, dict) and isinstance(space.get(key), dict) and "type" not in value
+        space[key] = {**space[key], **value} if merge else value
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from optuna.trial import TrialState
 
+from balm_tune.optuna_search import open_study
 from balm_tune.search import main as search_main
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
@@ -47,7 +49,7 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
         "epochs_run",
         "status",
     } <= set(rows[0])
-    assert any(r["status"] == "stopped by ASHA" for r in rows), rows
+    assert any(r["status"] == "pruned by asha" for r in rows), rows
     assert float(rows[0]["best_val_mse"]) == min(float(r["best_val_mse"]) for r in rows)
     best = BalmConfig.load(experiment / "best_config.yaml")
     assert best.epochs == 3 and best.prompt_len == int(rows[0]["prompt_len"])
@@ -252,6 +254,13 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
         trial_id = name.split("_")[2]
         if trial_id in finished:  # finished before the kill: not trained again
             assert len(_result_lines(experiment / name)) == count, name
+    # the same Optuna study went on: one Optuna trial per Tune trial, every epoch reported once, none left open
+    study = open_study(experiment / "optuna.journal", "killed")
+    recorded = {t.user_attrs["ray_trial_id"]: t for t in study.trials if t.state != TrialState.FAIL}
+    assert set(recorded) == {r["trial_id"] for r in rows}
+    assert all(t.state != TrialState.RUNNING for t in study.trials)
+    for row in rows:
+        assert len(recorded[row["trial_id"]].intermediate_values) == int(row["epochs_run"])
 
 
 def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):

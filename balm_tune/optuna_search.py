@@ -1,0 +1,256 @@
+"""A Ray Tune searcher whose Optuna study sees the search as Optuna's own pruners would make it.
+
+Ray's `OptunaSearch` keeps the study in the driver's memory and tells Optuna that a trial the scheduler
+stopped is COMPLETE with its last value: Tune withholds the stopping result from `on_trial_result` and
+then calls `on_trial_complete(trial_id, result=last_result)` exactly as for a trial that ran to the end
+(ASHA also stops a trial at max_t), so the searcher cannot tell the two apart from the call. Here the
+outcome is read from the trial's own metrics (`balm_tune.outcome.trial_outcome`), so:
+
+- every epoch's validation MSE is an intermediate value of the Optuna trial (`trial.report(v, step=epoch)`),
+  the last one included;
+- scheduler-stopped trials end PRUNED, crashed or diverged trials FAIL, finished ones COMPLETE with their
+  best validation MSE;
+- the study lives in a JournalStorage file (`<experiment>/optuna.journal`, study name = experiment name):
+  optuna-dashboard, `optuna.load_study` and `--resume` read it; each Optuna trial carries the Tune trial
+  id as user attribute `ray_trial_id`;
+- configs to evaluate first are enqueued, and another study's finished trials can seed the sampler, both
+  only when the study is new (a resumed search neither repeats nor re-seeds them).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune import Callback
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from balm_tune.outcome import trial_outcome
+from balm_tune.strategies import STUDY_OPTIONS
+
+JOURNAL = "optuna.journal"
+RAY_TRIAL_ID = "ray_trial_id"
+WARM_START = "warm_start_from"
+
+
+def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
+    """The study `name` in the JournalStorage file `journal` (created if `create`)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    if create:
+        return optuna.create_study(
+            storage=storage, study_name=name, sampler=sampler, direction="minimize", load_if_exists=True
+        )
+    return optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+
+
+class StudySearch(Searcher):
+    """Tune searcher: an Optuna sampler proposes, the study in `journal` records every epoch and outcome."""
+
+    def __init__(
+        self,
+        journal: Path,
+        study_name: str,
+        sampler: optuna.samplers.BaseSampler,
+        *,
+        max_epochs: int,
+        patience: int,
+        metric: str = "best_val_mse",
+        intermediate: str = "val_mse",
+        pruned_trials: str = "pruned",
+        points_to_evaluate: Iterable[dict] = (),
+        seed_trials: Iterable[FrozenTrial] = (),
+        seed_source: str = "",
+    ):
+        super().__init__(metric=metric, mode="min")
+        if pruned_trials not in STUDY_OPTIONS["pruned_trials"]:
+            raise ValueError(f"pruned_trials: got {pruned_trials!r}, expected one of {STUDY_OPTIONS['pruned_trials']}")
+        self.journal, self.study_name, self.sampler = Path(journal), study_name, sampler
+        self.max_epochs, self.patience = max_epochs, patience
+        self.intermediate, self.pruned_trials = intermediate, pruned_trials
+        self.points_to_evaluate, self.seed_trials = list(points_to_evaluate), list(seed_trials)
+        self.seed_source = seed_source
+        self._space: dict[str, BaseDistribution] = {}
+        self._ids: dict[str, int] = {}  # Tune trial id -> Optuna storage trial id (pickled with Tune's state)
+        self._steps: dict[str, set[int]] = {}  # epochs already reported, per Tune trial id
+        self._trials: dict[str, optuna.Trial] = {}  # live handles, rebuilt from _ids after a restore
+        self._study: optuna.Study | None = None
+
+    # --- Tune's Searcher interface ------------------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        """Called by Tune with the param_space: open (or create) the study and convert the space."""
+        if mode not in (None, "min"):
+            raise ValueError(f"StudySearch minimises; got mode {mode!r}")
+        self._metric = metric or self._metric
+        self._space = OptunaSearch.convert_search_space(config)
+        self.study  # noqa: B018  (opens the file now: a bad path fails before any trial starts)
+        return True
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            study = open_study(self.journal, self.study_name, create=True, sampler=self.sampler)
+            if not study.trials:  # a new study: seed it, then queue the configs to run first
+                seed_study(study, self.seed_trials, self._space, self.seed_source)
+                for point in self.points_to_evaluate:
+                    study.enqueue_trial(point, skip_if_exists=True)
+            self._study = study
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ids:
+            trial = self.study.ask(fixed_distributions=self._space)
+            trial.set_user_attr(RAY_TRIAL_ID, trial_id)
+            # the storage id (Optuna's Trial(study, id) handle after a restore); the number is not enough
+            self._ids[trial_id], self._trials[trial_id], self._steps[trial_id] = trial._trial_id, trial, set()
+        return dict(self._trial(trial_id).params)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._ids:  # never asked here, or already told
+            return
+        trial, result = self._trial(trial_id), result or {}
+        self._report(trial_id, result)  # Tune withholds the result that made the scheduler stop the trial
+        outcome, reason = trial_outcome(result, self.max_epochs, self.patience, "error" if error else None)
+        state, value = outcome.optuna_state, result.get(self.metric)
+        trial.set_user_attr("outcome", outcome.value)
+        trial.set_user_attr("reason", reason)
+        if state == TrialState.PRUNED and self.pruned_trials == "complete":
+            state = TrialState.COMPLETE  # what Ray's OptunaSearch does: the partial value as if final
+        if state == TrialState.COMPLETE and not _finite(value):
+            state, value = TrialState.FAIL, None
+        self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        for table in (self._ids, self._steps, self._trials):
+            table.pop(trial_id, None)
+
+    # --- Tune's searcher snapshot: the mapping and the space; the study is the journal file --------------
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_study": None, "_trials": {}}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump({"ids": self._ids, "steps": self._steps, "space": self._space}, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            state = pickle.load(handle)
+        # Tune.restore does not call set_search_properties again: the space comes back from here
+        self._ids, self._steps, self._space = state["ids"], state["steps"], state["space"]
+        self._trials = {}
+
+    # --- helpers --------------------------------------------------------------------------------------
+    def _trial(self, trial_id: str) -> optuna.Trial:
+        if trial_id not in self._trials:
+            self._trials[trial_id] = optuna.Trial(self.study, self._ids[trial_id])
+        return self._trials[trial_id]
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        value, epoch = result.get(self.intermediate), result.get("epoch")
+        if (
+            trial_id in self._ids
+            and epoch
+            and _finite(value)
+            and int(epoch) not in self._steps.setdefault(trial_id, set())
+        ):
+            self._trial(trial_id).report(float(value), step=int(epoch))
+            self._steps[trial_id].add(int(epoch))
+
+
+def seed_study(
+    study: optuna.Study, trials: Iterable[FrozenTrial], space: dict[str, BaseDistribution], source: str
+) -> int:
+    """Copy finished trials of another study (same searched keys, values inside this space) into `study`,
+    with their intermediate values and `warm_start_from` = '<source>#<number>': the sampler sees them
+    before it proposes the first new trial. Returns how many were copied."""
+    added = 0
+    for trial in trials:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) or set(trial.params) != set(space):
+            continue
+        if not all(_contains(space[k], v) for k, v in trial.params.items()):
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=trial.state,
+                value=trial.value,
+                params=trial.params,
+                distributions=space,
+                intermediate_values=trial.intermediate_values,
+                user_attrs={WARM_START: f"{source}#{trial.number}"},
+            )
+        )
+        added += 1
+    return added
+
+
+def finished_trials(journal: Path, name: str) -> list[FrozenTrial]:
+    """COMPLETE and PRUNED trials of the study `name` in `journal` (a warm start's source)."""
+    return open_study(journal, name).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def close_study(journal: Path, name: str) -> int:
+    """Mark trials still RUNNING after the search as FAIL (asked just before the driver was killed, never
+    recorded by Tune); returns how many."""
+    study = open_study(journal, name)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(running)
+
+
+def _contains(distribution: BaseDistribution, value: Any) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    return distribution.low <= value <= distribution.high
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+class StudyRecorder(Callback):
+    """Records a search that runs without a searcher (PBT: Ray allows none beside it) in the same kind of
+    study: each Tune trial becomes an Optuna trial with its starting params (PBT may replace them later;
+    the trial's `outcome` says so), every epoch's val MSE and its outcome, through a `StudySearch`."""
+
+    def __init__(self, searcher: StudySearch, param_space: dict):
+        self.searcher, self.param_space = searcher, param_space
+
+    def setup(self, **info) -> None:
+        self.searcher.set_search_properties(self.searcher.metric, "min", self.param_space)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        if trial.trial_id not in self.searcher._ids:  # not on a restart after a PBT exploit or a crash
+            self.searcher.study.enqueue_trial({k: _plain(trial.config[k]) for k in self.param_space})
+            self.searcher.suggest(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        self.searcher.on_trial_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.searcher.on_trial_complete(trial.trial_id, trial.last_result)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.searcher.on_trial_complete(trial.trial_id, error=True)
+
+    def get_state(self) -> dict:
+        return {"ids": self.searcher._ids, "steps": self.searcher._steps}
+
+    def set_state(self, state: dict) -> None:
+        self.searcher._ids, self.searcher._steps = state["ids"], state["steps"]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (Tune's samplers) -> Python numbers (Optuna's distributions compare them)."""
+    return value.item() if hasattr(value, "item") else value
