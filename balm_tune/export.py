@@ -68,7 +68,8 @@ def _ended(results: ResultGrid) -> list[bool]:
     marks them all TERMINATED in memory, so the statuses are read from that saved state."""
     from ray.tune import ExperimentAnalysis
 
-    saved = {trial.path: trial.status for trial in ExperimentAnalysis(results.experiment_path).trials}
+    analysis = ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
+    saved = {trial.path: trial.status for trial in analysis.trials}
     return [saved.get(result.path) in ("TERMINATED", "ERROR") for result in results]
 
 

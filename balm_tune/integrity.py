@@ -63,14 +63,18 @@ def _digest(key: bytes, relative: str, data: bytes) -> str:
     return hmac.new(key, relative.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
 
-def seal(experiment: Location) -> None:
-    """Sign every pickled file of `experiment` now (rewrites integrity.json atomically)."""
+def seal(experiment: Location, staging: Location | None = None) -> None:
+    """Sign every pickled file of `experiment` now (rewrites integrity.json atomically). `staging`: the
+    driver's local copy that Ray uploads to `experiment` in the background; its versions are signed too,
+    so that a driver killed right after an upload leaves a resumable experiment."""
     key, files = secret_key(), {}
-    for relative in pickled_files(experiment):
-        try:
-            files[relative] = _digest(key, relative, experiment.child(relative).read_bytes())
-        except FileNotFoundError:  # Ray deleted an old checkpoint meanwhile
-            continue
+    for folder in (experiment, staging) if staging else (experiment,):
+        for relative in pickled_files(folder):
+            try:
+                digest = _digest(key, relative, folder.child(relative).read_bytes())
+            except FileNotFoundError:  # Ray deleted an old checkpoint meanwhile
+                continue
+            files.setdefault(relative, []).append(digest)
     experiment.child(DIGESTS).write_bytes(json.dumps({"algorithm": "hmac-sha256", "files": files}, indent=1).encode())
 
 
@@ -86,9 +90,9 @@ def verify(experiment: Location) -> None:
         raise IntegrityError(f"--resume: {experiment.child(DIGESTS).uri} is not a digest file; {HINT}") from None
     key = secret_key()
     for relative in pickled_files(experiment):
-        expected = signed.get(relative) if isinstance(signed, dict) else None
-        data = experiment.child(relative).read_bytes()
-        if not expected or not hmac.compare_digest(expected, _digest(key, relative, data)):
+        accepted = signed.get(relative) if isinstance(signed, dict) else None
+        actual = _digest(key, relative, experiment.child(relative).read_bytes())
+        if not isinstance(accepted, list) or not any(hmac.compare_digest(str(d), actual) for d in accepted):
             raise IntegrityError(
                 f"--resume: {experiment.child(relative).uri} was not written by this user's search "
                 f"(no matching HMAC in {DIGESTS}); refusing to unpickle it; {HINT}"
@@ -101,30 +105,42 @@ class Sealer(tune.Callback):
 
     def __init__(self, every_s: float = 2.0):
         self.every_s = every_s
-        self.seen, self.checked = None, 0.0
+        self.seen, self.staged, self.checked = None, None, 0.0
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        if trials and time.monotonic() - self.checked >= self.every_s:
-            self.refresh(trials[0].storage)
+        if trials:  # the driver's staging copy each step (local, cheap; Ray wrote it just before this call)
+            self.refresh(trials[0].storage, full=time.monotonic() - self.checked >= self.every_s)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         if trials:
-            self.refresh(trials[0].storage)
+            self.refresh(trials[0].storage, full=True)
 
-    def refresh(self, storage) -> None:
-        """`storage`: a trial's ray.train StorageContext (its filesystem and experiment path)."""
-        self.checked = time.monotonic()
+    def refresh(self, storage, full: bool) -> None:
+        """`storage`: a trial's ray.train StorageContext (experiment path, filesystem, staging folder)."""
         path = storage.experiment_fs_path.rstrip("/")
         folder = Location(path, storage.storage_filesystem, path)
-        selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-        stamp = sorted(
-            (info.path, info.mtime_ns, info.size)
-            for info in folder.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and PICKLED.search(info.path[len(path) + 1 :])
-        )
-        if stamp != self.seen:
-            seal(folder)
-            self.seen = stamp
+        staging_path = str(storage.experiment_driver_staging_path).rstrip("/")
+        staging = Location(staging_path, pafs.LocalFileSystem(), staging_path)
+        staged = _stamp(staging)
+        if full:
+            self.checked = time.monotonic()
+            seen = _stamp(folder)
+        else:
+            seen = self.seen
+        if staged != self.staged or seen != self.seen:
+            seal(folder, staging)
+            self.staged, self.seen = staged, seen
 
     def __getstate__(self) -> dict:
-        return {"every_s": self.every_s, "seen": None, "checked": 0.0}
+        return {"every_s": self.every_s, "seen": None, "staged": None, "checked": 0.0}
+
+
+def _stamp(folder: Location) -> list[tuple]:
+    """(path, mtime, size) of the pickled files below `folder`: what changes when Ray rewrites one."""
+    root = folder.path.rstrip("/")
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    return sorted(
+        (info.path, info.mtime_ns, info.size)
+        for info in folder.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and PICKLED.search(info.path[len(root) + 1 :])
+    )
