@@ -22,8 +22,13 @@ CURVES = (
 FINAL = ("best_val_mse", "best_val_mae", "epoch")
 
 
-def trial_outcome(metrics: dict, max_epochs: int, patience: int, error: str | None = None) -> tuple[str, str]:
-    """(status, reason) of a trial from its last result: failed | finished | stopped by ASHA."""
+def trial_outcome(
+    metrics: dict, max_epochs: int, patience: int, error: str | None = None, interrupted: bool = False
+) -> tuple[str, str]:
+    """(status, reason) of a trial from its last result: failed | finished | stopped by ASHA | interrupted
+    (Ctrl-C stopped it before it ended; `--resume` continues it)."""
+    if interrupted:
+        return "interrupted", f"after {metrics.get('epoch', 0)} of {max_epochs} epochs (Ctrl-C)"
     if error:
         return "failed", error.strip().splitlines()[-1][:300]
     if metrics.get("failed"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import shutil
@@ -14,17 +15,26 @@ from balm_tune.callbacks import trial_outcome
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
+from core.errors import BalmError
 
 TENSORBOARD_FILES = "events.out.tfevents"
+
+
+class ExportError(BalmError):
+    """The winner cannot be exported; the earlier exported files are left as they were."""
 
 
 def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
     """One row per trial (params, best val MSE/MAE, epochs, outcome), best first; failed trials last."""
     rows = []
-    for result in results:
+    for result, ended in zip(results, _ended(results), strict=True):
         metrics = result.metrics or {}
         status, reason = trial_outcome(
-            metrics, space.max_epochs, space.base.patience, str(result.error) if result.error else None
+            metrics,
+            space.max_epochs,
+            space.base.patience,
+            str(result.error) if result.error else None,
+            interrupted=not ended,
         )
         best = metrics.get("best_val_mse", math.inf)
         rows.append(
@@ -48,12 +58,47 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
     return sorted(rows, key=lambda r: (r["status"] == "failed", r["best_val_mse"]))
 
 
+def _ended(results: ResultGrid) -> list[bool]:
+    """Per result, whether Tune ended the trial (TERMINATED or ERROR). After Ctrl-C, Tune saves the
+    experiment state (the trials it stopped are still RUNNING, PAUSED or PENDING there) and only then
+    marks them all TERMINATED in memory, so the statuses are read from that saved state."""
+    from ray.tune import ExperimentAnalysis
+
+    saved = {trial.path: trial.status for trial in ExperimentAnalysis(results.experiment_path).trials}
+    return [saved.get(result.path) in ("TERMINATED", "ERROR") for result in results]
+
+
 def write_leaderboard(rows: list[dict], path: Path) -> None:
     fields = [k for k in rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, text.getvalue().encode())
+
+
+def verify_checkpoint(winner: dict) -> None:
+    """The winner's checkpoint loads (weights only) and holds weights and config, else ExportError."""
+    import torch
+
+    path = f"{winner['checkpoint'].path}/{CHECKPOINT_FILE}"
+    try:
+        with winner["checkpoint"].as_directory() as checkpoint:
+            state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        missing = {"model", "best_model", "config"} - set(state)
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt or missing: all mean "cannot export"
+        missing = (str(err).splitlines() or [type(err).__name__])[0][:200]
+    if missing:
+        raise ExportError(
+            f"checkpoint {path} of the winning trial {winner['trial_id']} cannot be loaded ({missing}); "
+            "nothing exported, the experiment's earlier results are left as they were"
+        )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
@@ -69,9 +114,11 @@ def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple
         **provenance,
     }
     config_path, checkpoint_path = folder / "best_config.yaml", folder / "best_checkpoint.pt"
-    config.save(config_path)
+    tmp = checkpoint_path.with_name(f".{checkpoint_path.name}.tmp")
     with winner["checkpoint"].as_directory() as checkpoint:
-        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, checkpoint_path)
+        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, tmp)
+    config.save(config_path)
+    tmp.replace(checkpoint_path)  # atomic: the old checkpoint until the new one is complete
     return config_path, checkpoint_path
 
 
@@ -93,7 +140,7 @@ def fetch_tensorboard(experiment: Location, folder: Path) -> int:
 
 
 def write_summary(summary: dict, path: Path) -> None:
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
 
 
 def _plain(value):

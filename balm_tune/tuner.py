@@ -19,18 +19,23 @@ def make_tuner(
     concurrent: int,
     resume: bool,
     extra_callbacks: Sequence = (),
+    trust_experiment: bool = False,
 ):
-    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`, a path or URI);
-    `extra_callbacks` are added to its loggers (experiment trackers, balm_tune.trackers)."""
+    """The search's `tune.Tuner` (or the interrupted one restored from `experiment`, a path or URI,
+    after its pickles are verified: balm_tune.integrity); `extra_callbacks` are added to its loggers
+    (experiment trackers, balm_tune.trackers). A folder Tune never saved its state to starts afresh."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from balm_tune.callbacks import TrialLines, loggers
+    from balm_tune.integrity import Sealer, verify
 
     trainable = trial_trainable(shared)
-    if resume:
+    if resume and restorable(experiment):
+        if not trust_experiment:
+            verify(experiment)
         return tune.Tuner.restore(experiment.uri, trainable=trainable, resume_errored=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return tune.Tuner(
@@ -56,9 +61,15 @@ def make_tuner(
             sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[*loggers(), *extra_callbacks, TrialLines(space.max_epochs, space.base.patience)],
+            callbacks=[*loggers(), *extra_callbacks, TrialLines(space.max_epochs, space.base.patience), Sealer()],
         ),
     )
+
+
+def restorable(experiment: Location) -> bool:
+    """Tune saved its state there (a folder holding only search_space.yaml is not restorable)."""
+    names = experiment.files(".")
+    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and "/" not in n for n in names)
 
 
 def run_final_seeds(
