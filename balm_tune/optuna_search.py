@@ -19,6 +19,7 @@ outcome is read from the trial's own metrics (`balm_tune.outcome.trial_outcome`)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
@@ -125,8 +127,9 @@ class StudySearch(Searcher):
         self._report(trial_id, result)  # Tune withholds the result that made the scheduler stop the trial
         outcome, reason = trial_outcome(result, self.max_epochs, self.patience, "error" if error else None)
         state, value = outcome.optuna_state, result.get(self.metric)
-        trial.set_user_attr("outcome", outcome.value)
-        trial.set_user_attr("reason", reason)
+        with contextlib.suppress(UpdateFinishedTrialError):  # told before a driver crash (see _report)
+            trial.set_user_attr("outcome", outcome.value)
+            trial.set_user_attr("reason", reason)
         if state == TrialState.PRUNED and self.pruned_trials == "complete":
             state = TrialState.COMPLETE  # what Ray's OptunaSearch does: the partial value as if final
         if state == TrialState.COMPLETE and not _finite(value):
@@ -164,7 +167,10 @@ class StudySearch(Searcher):
             and _finite(value)
             and int(epoch) not in self._steps.setdefault(trial_id, set())
         ):
-            self._trial(trial_id).report(float(value), step=int(epoch))
+            # after --resume, Tune's snapshot (seconds behind the journal) can run a trial the study has
+            # already closed: the study keeps what it recorded
+            with contextlib.suppress(UpdateFinishedTrialError):
+                self._trial(trial_id).report(float(value), step=int(epoch))
             self._steps[trial_id].add(int(epoch))
 
 
