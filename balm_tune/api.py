@@ -38,6 +38,7 @@ from balm_tune.trackers import Trackers  # noqa: E402
 from balm_tune.tuner import WarmStart  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
+from core.paths import check_name  # noqa: E402
 from core.train import preflight  # noqa: E402
 
 SPACE_COPY = "search_space.yaml"
@@ -54,6 +55,7 @@ class SearchPlan:
     experiment: Path
     location: Location
     resume: bool = False
+    trust_experiment: bool = False  # --resume a folder whose pickles this user's key did not sign
     auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
     trackers: Trackers = field(default_factory=Trackers)
     warm_start: WarmStart | None = None
@@ -69,15 +71,18 @@ class SearchResult:
     best_config: BalmConfig | None = None
     test: dict | None = None
     paths: dict[str, Path] = field(default_factory=dict)
+    interrupted: bool = False  # Ctrl-C: trials stopped, nothing exported; --resume continues
 
 
 def prepare_search(
-    space: SearchSpace | str | Path = DEFAULT_SPACE,
+    space: SearchSpace | str | Path | None = None,
     *,
     name: str | None = None,
     storage: str | Path = "runs",
     out: str | Path | None = None,
     resume: bool = False,
+    trust_experiment: bool = False,
+    address: str | None = None,
     num_samples: int | None = None,
     max_epochs: int | None = None,
     sampler_seed: int | None = None,
@@ -95,32 +100,28 @@ def prepare_search(
     exported files also land in `out`/<name> (default: the storage folder when local, else `runs/`).
     `overrides` are base config keys (`max_train_batches=10`); the others override the space's budget,
     sampler seed and resources (`gpus_per_trial="auto"`: sized on the cluster); `mlflow` (a tracking URI)
-    and `wandb` (a project) add experiment trackers. With `resume`, the space saved in the experiment is used.
-    `enqueue`: configs (or a YAML file of them) evaluated first, after the space's own `enqueue`;
-    `warm_start`: a finished experiment (local folder, or name under a local `storage`) whose Optuna study
-    seeds the sampler.
+    and `wandb` (a project) add experiment trackers. `space` defaults to search_spaces/default.yaml; with
+    `resume`, to the space saved in the experiment, and any flag that differs from the saved search is
+    refused (Tune cannot change a search it restores). `address`: the trials run on that cluster, so this
+    machine's device and CPUs are not checked. `enqueue`: configs (or a YAML file of them) evaluated first,
+    after the space's own `enqueue`; `warm_start`: a finished experiment (local folder, or name under a local
+    `storage`) whose Optuna study seeds the sampler.
     """
+    if resume and not name:
+        raise SpaceError("--resume needs --name of the experiment to continue")
     if resume and (enqueue is not None or warm_start is not None):
         raise SpaceError("--enqueue and --warm-start start a new study; a resumed search continues its own")
+    if name is not None:
+        check_name(name)
     trackers = Trackers(mlflow, wandb).check()
     auto_gpus = gpus_per_trial == "auto"
-    stem = space.path.stem if isinstance(space, SearchSpace) else Path(space).stem
-    name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = DEFAULT_SPACE if space is None else space.path if isinstance(space, SearchSpace) else Path(space)
+    name = name or f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     location = open_location(storage).child(name)
     default_out = Path(location.parent.path) if location.is_local else Path("runs")
     experiment = writable_folder(out, "--out") / name if out is not None else default_out.resolve() / name
-    if resume:
-        saved = location.child(SPACE_COPY)
-        if not saved.exists():
-            raise SpaceError(
-                f"--resume: no experiment at {location.uri} (missing {SPACE_COPY}); check --storage/--name"
-            )
-        space = load_space(saved.download(experiment / SPACE_COPY))
-        study = location.child(JOURNAL)  # remote storage: the study published with the last results
-        if not (experiment / JOURNAL).exists() and study.exists():
-            study.download(experiment / JOURNAL)
-    elif not isinstance(space, SearchSpace):
-        space = load_space(space)
+    saved = _saved_space(location, experiment, trust_experiment) if resume else None
+    space = space if isinstance(space, SearchSpace) else saved if space is None and saved else load_space(path)
     if overrides:
         space = space.with_base_overrides(overrides)
     space = space.with_overrides(
@@ -134,11 +135,19 @@ def prepare_search(
         points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
         space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
     seeds = None if warm_start is None else load_warm_start(storage, warm_start, space)
-    data = preflight(space.base)  # data file, backbone availability: before anything starts
+    if saved and (changed := saved.differences(space)):
+        raise SpaceError(
+            f"--resume continues {location.uri} as saved in {SPACE_COPY}; it cannot change {', '.join(changed[:3])}"
+            f"{' ...' if len(changed) > 3 else ''} (saved vs requested); drop those flags, or start a new --name"
+        )
+    # every cheap check (config, data, backbone shape, device, threads) before anything starts
+    data = preflight(space.base, variants=space.edge_configs(), local=address in (None, "local"))
     taken = [where for where, used in ((location.uri, location.exists()), (experiment, experiment.exists())) if used]
     if taken and not resume:
         raise SpaceError(f"{taken[0]} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, location, resume, auto_gpus, trackers, seeds)
+    return SearchPlan(
+        space, data, experiment, location, resume, trust_experiment, auto_gpus, trackers, warm_start=seeds
+    )
 
 
 def load_warm_start(storage: str | Path, source: str | Path, space: SearchSpace) -> WarmStart:
@@ -156,21 +165,49 @@ def load_warm_start(storage: str | Path, source: str | Path, space: SearchSpace)
     return WarmStart(str(folder.resolve()), trials)
 
 
+def _saved_space(location: Location, experiment: Path, trust_experiment: bool) -> SearchSpace:
+    """The space an experiment was started with; its pickles are checked now (and again before the restore).
+    With remote storage, the Optuna study published with the last results comes down with it."""
+    from balm_tune.integrity import verify
+    from balm_tune.tuner import restorable
+
+    saved = location.child(SPACE_COPY)
+    if not saved.exists():
+        raise SpaceError(f"--resume: no experiment at {location.uri} (missing {SPACE_COPY}); check --storage/--name")
+    if restorable(location) and not trust_experiment:
+        verify(location)
+    study = location.child(JOURNAL)
+    if not (experiment / JOURNAL).exists() and study.exists():
+        study.download(experiment / JOURNAL)
+    return load_space(saved.download(experiment / SPACE_COPY))
+
+
 def run_search(
-    space: SearchSpace | str | Path = DEFAULT_SPACE,
+    space: SearchSpace | str | Path | None = None,
     *,
     address: str | None = None,
     final_seeds: int = 0,
     **options: Any,
 ) -> SearchResult:
     """Check, run and export a search; `options` are `prepare_search`'s (base config keys included)."""
-    plan = prepare_search(space, **options)
+    check_final_seeds(final_seeds)
+    plan = prepare_search(space, address=address, **options)
     return execute(plan, address=address, final_seeds=final_seeds)
+
+
+def check_final_seeds(final_seeds: Any) -> None:
+    if not isinstance(final_seeds, int) or isinstance(final_seeds, bool) or final_seeds < 0:
+        raise SpaceError(f"--final-seeds: got {final_seeds!r}, expected an integer >= 0")
 
 
 def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) -> SearchResult:
     """Run a prepared search on a local Ray (or the cluster at `address`, or the Ray this process has
-    already initialised, which is left running) and export the winner."""
+    already initialised, which is left running) and export the winner.
+
+    Ctrl-C stops the trials (Tune saves their state): nothing is exported and the result says
+    `interrupted`; `--resume` continues. The winner's checkpoint is loaded before any file is replaced.
+    """
+    check_final_seeds(final_seeds)
     import pandas as pd
     import ray
 
@@ -180,15 +217,17 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         fetch_tensorboard,
         leaderboard,
         publish,
+        verify_checkpoint,
         write_leaderboard,
         write_summary,
     )
+    from balm_tune.integrity import seal
     from balm_tune.trainable import build_shared, evaluate_checkpoint
     from balm_tune.tuner import make_tuner, run_final_seeds
     from core import backbones, prompts
 
     space, data, experiment, location = plan.space, plan.data, plan.experiment, plan.location
-    started, own_ray = time.perf_counter(), not ray.is_initialized()
+    started, sign, own_ray = time.perf_counter(), False, not ray.is_initialized()
     try:
         cluster = init_ray(address, location)  # reachable; a local storage path is shared by every node
         concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
@@ -209,7 +248,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             space.save(experiment / SPACE_COPY)
             publish([experiment / SPACE_COPY], location)
         trackers = plan.trackers.callbacks(experiment.name)
-        results = make_tuner(
+        tuner = make_tuner(
             space,
             shared,
             location,
@@ -218,15 +257,22 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             experiment / JOURNAL,
             plan.warm_start,
             extra_callbacks=trackers,
-        ).fit()
+            trust_experiment=plan.trust_experiment,
+        )
+        sign = True  # from here on, the experiment's pickles are this run's (or trusted) ones
+        results = tuner.fit()
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
+        if any(r["outcome"] is Outcome.INTERRUPTED for r in rows):  # the study's trials stay open for --resume
+            return SearchResult(experiment, pd.DataFrame(rows), {"trials": len(rows)}, interrupted=True)
         paths["study"] = experiment / JOURNAL
         close_study(paths["study"], experiment.name)
+        winners = [r for r in rows if r["outcome"] is not Outcome.FAILED and r["checkpoint"]]
+        if winners:
+            verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
         write_leaderboard(rows, paths["leaderboard"])
         table = pd.read_csv(paths["leaderboard"])
-        winners = [r for r in rows if r["outcome"] is not Outcome.FAILED and r["checkpoint"]]
         summary = {
             "experiment": location.uri,
             "results": str(experiment),
@@ -282,6 +328,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         publish(list(paths.values()), location)
         return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
     finally:
+        if sign:
+            seal(location)  # the final state (final_seeds/ included), signed for --resume
         if own_ray:  # a Ray the caller started stays up
             ray.shutdown()
 

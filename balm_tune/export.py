@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import shutil
@@ -14,18 +15,27 @@ from balm_tune.outcome import Outcome, trial_outcome
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
+from core.errors import BalmError
 
 TENSORBOARD_FILES = "events.out.tfevents"
+
+
+class ExportError(BalmError):
+    """The winner cannot be exported; the earlier exported files are left as they were."""
 
 
 def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
     """One row per trial (params, best val MSE/MAE, epochs, outcome), best first; failed trials last.
     `outcome` is an Outcome; `status` its label for this scheduler ('pruned by asha', ...)."""
     rows = []
-    for result in results:
+    for result, ended in zip(results, _ended(results), strict=True):
         metrics = result.metrics or {}
         outcome, reason = trial_outcome(
-            metrics, space.max_epochs, space.base.patience, str(result.error) if result.error else None
+            metrics,
+            space.max_epochs,
+            space.base.patience,
+            str(result.error) if result.error else None,
+            interrupted=not ended,
         )
         failed = outcome is Outcome.FAILED
         rows.append(
@@ -50,12 +60,47 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
     return sorted(rows, key=lambda r: (r["outcome"] is Outcome.FAILED, r["best_val_mse"]))
 
 
+def _ended(results: ResultGrid) -> list[bool]:
+    """Per result, whether Tune ended the trial (TERMINATED or ERROR). After Ctrl-C, Tune saves the
+    experiment state (the trials it stopped are still RUNNING, PAUSED or PENDING there) and only then
+    marks them all TERMINATED in memory, so the statuses are read from that saved state."""
+    from ray.tune import ExperimentAnalysis
+
+    saved = {trial.path: trial.status for trial in ExperimentAnalysis(results.experiment_path).trials}
+    return [saved.get(result.path) in ("TERMINATED", "ERROR") for result in results]
+
+
 def write_leaderboard(rows: list[dict], path: Path) -> None:
     fields = [k for k in rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, text.getvalue().encode())
+
+
+def verify_checkpoint(winner: dict) -> None:
+    """The winner's checkpoint loads (weights only) and holds weights and config, else ExportError."""
+    import torch
+
+    path = f"{winner['checkpoint'].path}/{CHECKPOINT_FILE}"
+    try:
+        with winner["checkpoint"].as_directory() as checkpoint:
+            state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        missing = {"model", "best_model", "config"} - set(state)
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt or missing: all mean "cannot export"
+        missing = (str(err).splitlines() or [type(err).__name__])[0][:200]
+    if missing:
+        raise ExportError(
+            f"checkpoint {path} of the winning trial {winner['trial_id']} cannot be loaded ({missing}); "
+            "nothing exported, the experiment's earlier results are left as they were"
+        )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
@@ -71,9 +116,11 @@ def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple
         **provenance,
     }
     config_path, checkpoint_path = folder / "best_config.yaml", folder / "best_checkpoint.pt"
-    config.save(config_path)
+    tmp = checkpoint_path.with_name(f".{checkpoint_path.name}.tmp")
     with winner["checkpoint"].as_directory() as checkpoint:
-        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, checkpoint_path)
+        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, tmp)
+    config.save(config_path)
+    tmp.replace(checkpoint_path)  # atomic: the old checkpoint until the new one is complete
     return config_path, checkpoint_path
 
 
@@ -95,7 +142,7 @@ def fetch_tensorboard(experiment: Location, folder: Path) -> int:
 
 
 def write_summary(summary: dict, path: Path) -> None:
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
 
 
 def _plain(value):

@@ -8,12 +8,14 @@ from enum import StrEnum
 
 class Outcome(StrEnum):
     """How a trial ended. STOPPED: the scheduler ended it early (ASHA, HyperBand, the median rule);
-    PERTURBED: PBT replaced its config (and weights) with a better trial's at least once."""
+    PERTURBED: PBT replaced its config (and weights) with a better trial's at least once; INTERRUPTED:
+    Ctrl-C stopped it before it ended (`--resume` continues it)."""
 
     FINISHED = "finished"
     STOPPED = "stopped"
     PERTURBED = "perturbed"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
     def label(self, scheduler: str) -> str:
         """What the leaderboard and the trial lines show: 'finished', 'failed', 'pruned by asha', ..."""
@@ -35,11 +37,16 @@ class Outcome(StrEnum):
             Outcome.PERTURBED: TrialState.COMPLETE,
             Outcome.STOPPED: TrialState.PRUNED,
             Outcome.FAILED: TrialState.FAIL,
+            Outcome.INTERRUPTED: TrialState.FAIL,
         }[self]
 
 
-def trial_outcome(metrics: dict, max_epochs: int, patience: int, error: str | None = None) -> tuple[Outcome, str]:
+def trial_outcome(
+    metrics: dict, max_epochs: int, patience: int, error: str | None = None, interrupted: bool = False
+) -> tuple[Outcome, str]:
     """(outcome, reason) of a trial from its last result (and Tune's error text, if it errored)."""
+    if interrupted:
+        return Outcome.INTERRUPTED, f"after {metrics.get('epoch', 0)} of {max_epochs} epochs (Ctrl-C)"
     if error:
         return Outcome.FAILED, error.strip().splitlines()[-1][:300]
     if metrics.get("failed"):

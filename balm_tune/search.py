@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from balm_tune.api import SearchPlan, SearchResult, check_cluster, execute, prepare_search
+from balm_tune.api import SearchPlan, SearchResult, check_cluster, check_final_seeds, execute, prepare_search
 from balm_tune.cluster import check_address
-from balm_tune.space import DEFAULT_SPACE, SpaceError
+from balm_tune.outcome import Outcome
+from balm_tune.space import DEFAULT_SPACE
 from core.config import parse_set_args
 from core.errors import BalmError
 
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m balm_tune.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--space", default=str(DEFAULT_SPACE), help="search space YAML (default: %(default)s)")
+    p.add_argument("--space", help=f"search space YAML (default: {DEFAULT_SPACE}; with --resume: the experiment's own)")
     p.add_argument("--address", help="Ray cluster to join: 'auto', or HOST:PORT of a head; omit for a local Ray")
     p.add_argument("--num-samples", type=int, help="number of trials (overrides budget.num_samples)")
     p.add_argument("--max-epochs", type=int, help="epochs of an unpruned trial (overrides budget.max_epochs)")
@@ -58,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--name", help="experiment name (default: <space>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
+    p.add_argument(
+        "--trust-experiment",
+        action="store_true",
+        help="--resume a folder that this user's searches did not sign (its pickles can run code: see README)",
+    )
     p.add_argument("--seed", type=int, help="seed of the Optuna sampler (overrides the space's seed)")
     p.add_argument(
         "--enqueue",
@@ -144,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_address(args.address)  # seconds, before the space, data and backbone checks
-        if args.resume and not args.name:
-            raise SpaceError("--resume needs --name of the experiment to continue")
+        check_final_seeds(args.final_seeds)
         plan = prepare_search(
             args.space,
             name=args.name,
             storage=args.storage,
             out=args.out,
-            resume=args.resume or False,
+            resume=args.resume,
+            trust_experiment=args.trust_experiment,
+            address=args.address,
             num_samples=args.num_samples,
             max_epochs=args.max_epochs,
             sampler_seed=args.seed,
@@ -172,11 +179,28 @@ def main(argv: list[str] | None = None) -> int:
     except BalmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted before the trials started; continue with --name {plan.experiment.name} --resume")
+        return 130
+    if result.interrupted:
+        print_interrupted(result)
+        return 130
     if "winner" not in result.summary:
         print(f"no trial finished successfully; see {result.paths['leaderboard']}", file=sys.stderr)
         return 1
     print_summary(result)
     return 0
+
+
+def print_interrupted(result: SearchResult) -> None:
+    table = result.leaderboard
+    stopped = table[table["outcome"] == Outcome.INTERRUPTED]
+    for row in stopped.itertuples():
+        print(f"[trial {row.trial_id}] interrupted ({row.reason})")
+    print(
+        f"interrupted: {len(table)} trials, {len(stopped)} stopped by Ctrl-C; nothing "
+        f"exported. Continue with the same --storage and: --name {result.experiment.name} --resume"
+    )
 
 
 def print_summary(result: SearchResult) -> None:

@@ -17,6 +17,7 @@ Everything is checked before Ray starts; errors name the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from balm_tune.strategies import (
 )
 from core.config import BalmConfig, ConfigError
 from core.errors import BalmError
+from core.yamlio import read_yaml
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 SECTIONS = {
@@ -132,6 +134,10 @@ class SearchSpace:
         """The full core config of a trial: base + its sampled params, trained for max_epochs."""
         return self.base.with_overrides({**params, "epochs": self.max_epochs}, source=f"{self.path} trial")
 
+    def edge_configs(self) -> list[BalmConfig]:
+        """The base with each searched key at each of its edges (checked against the backbone up front)."""
+        return [self.base.with_overrides({k: v}) for k, d in self.search.items() for v in d.extremes()]
+
     def param_space(self) -> dict[str, Any]:
         return {key: dist.to_tune() for key, dist in self.search.items()}
 
@@ -148,25 +154,34 @@ class SearchSpace:
         search = {k: _distribution(self.path, k, d.to_spec(), base) for k, d in self.search.items()}
         return dataclasses.replace(self, base=base, search=search)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form of the resolved space (overrides applied)."""
+        return {
+            "description": self.description,
+            "gpu_budget": self.gpu_budget,
+            "base": self.base.to_dict(),
+            "search": {k: d.to_spec() for k, d in self.search.items()},
+            "budget": {"num_samples": self.num_samples, "max_epochs": self.max_epochs},
+            "searcher": self.searcher.to_spec(),
+            "scheduler": self.scheduler.to_spec(),
+            "enqueue": self.enqueue,
+            "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
+            "seed": self.seed,
+        }
+
     def save(self, path: Path) -> None:
         """Write the resolved space (overrides applied) so that `--resume` needs no flags."""
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "description": self.description,
-                    "gpu_budget": self.gpu_budget,
-                    "base": self.base.to_dict(),
-                    "search": {k: d.to_spec() for k, d in self.search.items()},
-                    "budget": {"num_samples": self.num_samples, "max_epochs": self.max_epochs},
-                    "searcher": self.searcher.to_spec(),
-                    "scheduler": self.scheduler.to_spec(),
-                    "enqueue": self.enqueue,
-                    "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
-                    "seed": self.seed,
-                },
-                sort_keys=False,
-            )
-        )
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def differences(self, other: SearchSpace) -> list[str]:
+        """Keys (`budget.max_epochs`, `base.learning_rate`, ...) whose values differ, as 'key: ours vs theirs'."""
+        ours, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        skip = {"description", "gpu_budget"}
+        return [
+            f"{key}: {ours.get(key)!r} vs {theirs.get(key)!r}"
+            for key in sorted(set(ours) | set(theirs))
+            if key not in skip and ours.get(key) != theirs.get(key)
+        ]
 
     def with_overrides(self, **values: Any) -> SearchSpace:
         """CLI flags over the file's values (None: keep); re-validated."""
@@ -179,9 +194,19 @@ def _fail(path: Path, key: str, message: str) -> SpaceError:
     return SpaceError(f"search space {path}: '{key}': {message}")
 
 
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "extras" and not {"type"} & set(value):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _number(path: Path, key: str, value: Any, minimum: float, integer: bool = False) -> float:
     ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
-    if not ok or value < minimum:
+    if not ok or not math.isfinite(value) or value < minimum:
         kind = "an integer" if integer else "a number"
         raise _fail(path, key, f"got {value!r}, expected {kind} >= {minimum}")
     return value
@@ -262,10 +287,7 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"search space {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpaceError(f"search space {path}: not valid YAML ({err})") from None
+    raw = read_yaml(path, f"search space {path}", SpaceError)
     if not isinstance(raw, dict):
         raise SpaceError(f"search space {path}: expected a mapping with sections {sorted(SECTIONS)}")
     for section, value in raw.items():
@@ -278,6 +300,8 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
             if set(value) - keys:
                 unknown = sorted(set(value) - keys)
                 raise _fail(path, f"{section}.{unknown[0]}", f"unknown key, expected one of {sorted(keys)}")
+        elif section in ("description", "gpu_budget") and not isinstance(value, str):
+            raise _fail(path, section, f"got {value!r}, expected text (leave the key out if there is none)")
     try:
         base = BalmConfig.from_dict(raw.get("base") or {}, source="base")
     except ConfigError as err:

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from core.config import BalmConfig, parse_set_args, quickstart
 from core.errors import BalmError
+from core.paths import PathError, check_name
 from core.train import EpochReport, Trainer, eval_index, naive_metrics, preflight, provenance
+
+OUTPUTS = ("config.yaml", "checkpoint.pt", "results.json")  # what a run writes in its folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override a config key (YAML value syntax), repeatable",
     )
     parser.add_argument("--out", default="runs", help="folder for run outputs (default: runs/)")
-    parser.add_argument("--name", help="run folder name (default: train-<timestamp>)")
+    parser.add_argument("--name", help="run folder name under --out (default: train-<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an existing run folder --name")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -50,12 +54,16 @@ def describe_eval(trainer: Trainer, split: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        out = Path(args.out) / check_name(args.name or time.strftime("train-%Y%m%d-%H%M%S"))
         config = load_config(args.config, args.set)
-        preflight(config)  # every cheap check before the backbone is loaded
+        preflight(config, output=(out, "--out/--name"))  # every cheap check before the backbone is loaded
+        if out.exists() and not args.overwrite:
+            raise PathError(f"--name {out.name}: run folder {out} exists; choose another --name or add --overwrite")
     except BalmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out) / (args.name or time.strftime("train-%Y%m%d-%H%M%S"))
+    for old in OUTPUTS:  # --overwrite: no file of the earlier run is left beside the new ones
+        (out / old).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.yaml")
     print(
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({results['val_windows']}; repeat-last-value baseline mse {naive.mse:.4f})"
     )
     print(f"test mse {test.mse:.6f} mae {test.mae:.6f} ({results['test_windows']})")
-    print(f"wrote {out / 'config.yaml'}, {out / 'checkpoint.pt'}, {out / 'results.json'}")
+    print("wrote " + ", ".join(str(out / name) for name in OUTPUTS))
     return 0
 
 

@@ -85,17 +85,25 @@ def make_tuner(
     warm_start: WarmStart | None = None,
     extra_callbacks: Sequence = (),
     verbose: int | None = None,
+    trust_experiment: bool = False,
 ):
     """The search's Tuner at `experiment` (a path or URI): the space's searcher (an Optuna sampler inside
     `StudySearch`; the study in the local file `journal`, named after the experiment) and scheduler, with
-    its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers."""
+    its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers.
+    With `resume`, the interrupted Tuner restored from `experiment` after its pickles are verified
+    (balm_tune.integrity); a folder Tune never saved its state to starts afresh."""
     import optuna
     from ray.tune.search import BasicVariantGenerator
 
     from balm_tune.callbacks import TrialLines
+    from balm_tune.integrity import Sealer, verify
     from balm_tune.optuna_search import StudyRecorder
     from balm_tune.strategies import create_scheduler, create_searcher
 
+    if resume and restorable(experiment):
+        if not trust_experiment:
+            verify(experiment)
+        return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pbt = space.scheduler.type == "pbt"
     search_alg = create_searcher(
@@ -121,14 +129,19 @@ def make_tuner(
         concurrent=min(concurrent, space.num_samples),
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
-        callbacks=callbacks,
+        callbacks=[*callbacks, Sealer()],
         # PBT has no max_t: without this it would still replace a trial's config after its last epoch; it
         # clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
         stop={"epoch": space.max_epochs} if pbt else None,
         checkpoints=4 if pbt else 2,
         verbose=verbose,
-        resume=resume,
     )
+
+
+def restorable(experiment: Location) -> bool:
+    """Tune saved its state there (a folder holding only search_space.yaml is not restorable)."""
+    names = experiment.files(".")
+    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and "/" not in n for n in names)
 
 
 def run_final_seeds(

@@ -187,6 +187,29 @@ def backbone_source(name: str) -> Path | None:
     return _hub_dir(name)
 
 
+def backbone_shape(name: str) -> tuple[int, int]:
+    """(width D, number of blocks) read from the backbone's config alone, no weights: the cheap check
+    of `d_ff` and `llm_layers` before anything is loaded. Raises BackboneError."""
+    source = backbone_source(name)
+    if source is None:
+        config = GPT2Config() if name == "gpt2-random" else _tiny_config(name)
+    else:
+        gguf = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
+        try:
+            config = AutoConfig.from_pretrained(source.parent if gguf else source, local_files_only=True, **gguf)
+        except Exception as err:  # noqa: BLE001 - any failure means "this folder is not a model"
+            raise BackboneError(
+                f"backbone {name!r}: {source} is not a model folder (its config.json cannot be read: "
+                f"{str(err).splitlines()[0][:200]})"
+            ) from None
+    width, depth = getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None)
+    if not isinstance(width, int) or not isinstance(depth, int):
+        raise BackboneError(
+            f"backbone {name!r}: its config has no hidden_size/num_hidden_layers, expected a transformer"
+        )
+    return width, depth
+
+
 def _tiny_config(name: str):
     small = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
     if name == "tiny-gpt2":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from core.errors import BalmError
+from core.yamlio import parse_yaml, read_yaml
 
 
 class ConfigError(BalmError, ValueError):
@@ -77,6 +79,7 @@ class BalmConfig:
         """Check types and ranges that need no data or backbone; raises ConfigError."""
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+            _check_finite(f.name, getattr(self, f.name))
         choices = {
             "split": ("auto", "ett_hour", "ett_minute", "ratio"),
             "features": ("M", "S", "MS"),
@@ -92,7 +95,7 @@ class BalmConfig:
                 raise ConfigError(f"config key '{key}': got {getattr(self, key)!r}, expected one of {allowed}")
         positive = ["seq_len", "pred_len", "llm_layers", "patch_len", "stride", "d_model", "d_ff"]
         positive += ["batch_size", "epochs", "patience", "max_train_batches", "max_eval_batches"]
-        positive += ["prompt_len", "num_threads"]
+        positive += ["num_threads"]
         for key in positive:
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -110,15 +113,21 @@ class BalmConfig:
             raise ConfigError(f"config key 'prompt_decimals': got {self.prompt_decimals}, expected 0..17 or null")
         if self.seq_len < self.patch_len:
             raise ConfigError(f"config key 'seq_len': got {self.seq_len}, expected >= patch_len ({self.patch_len})")
+        if self.prompt_len is not None and self.prompt_len < 2:
+            raise ConfigError(
+                f"config key 'prompt_len': got {self.prompt_len}, expected an integer >= 2 (balanced scaling "
+                "divides by the standard deviation over the P prompt positions, which is 0 for P=1)"
+            )
         if self.prompt_len is not None and self.prompt_len > self.n_patches:
             raise ConfigError(
                 f"config key 'prompt_len': got {self.prompt_len}, expected <= n_patches ({self.n_patches} "
                 f"for seq_len={self.seq_len}, patch_len={self.patch_len}, stride={self.stride})"
             )
-        if self.resolved_prompt_len < 1:
+        if self.resolved_prompt_len < 2:
             raise ConfigError(
-                f"config key 'prompt_len': the default min(n_patches, n_patches*H//T) is 0 for "
-                f"seq_len={self.seq_len}, pred_len={self.pred_len}; set prompt_len explicitly"
+                f"config key 'prompt_len': the default min(n_patches, n_patches*H//T) is "
+                f"{self.resolved_prompt_len} for seq_len={self.seq_len}, pred_len={self.pred_len}, expected >= 2; "
+                "set prompt_len explicitly"
             )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"config key 'device': got {self.device!r}, expected auto, cpu, cuda or cuda:N")
@@ -159,20 +168,20 @@ class BalmConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path}: not valid YAML/JSON ({err})") from None
-        return cls.from_dict(values, source=str(path))
+        values = read_yaml(path, f"config file {path}", ConfigError)
+        return cls.from_dict({} if values is None else values, source=str(path))
 
     def save(self, path: str | Path) -> None:
-        """Write YAML (or JSON when the name ends in .json)."""
+        """Write YAML (or JSON when the name ends in .json), atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
         else:
-            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)  # atomic: a reader never sees half a file
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> BalmConfig:
         return BalmConfig.from_dict({**self.to_dict(), **overrides}, source=source)
@@ -202,17 +211,22 @@ def quickstart() -> BalmConfig:
 
 
 def parse_set_args(pairs: list[str]) -> dict[str, Any]:
-    """`["lr=0.01", "prompt_len=null"]` -> {"lr": 0.01, "prompt_len": None}; values parsed as YAML."""
+    """`["lr=1e-3", "prompt_len=null"]` -> {"lr": 0.001, "prompt_len": None}; values parsed as YAML (core.yamlio)."""
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected key=value")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        out[key.strip()] = parse_yaml(raw, f"--set {pair}", ConfigError) if raw.strip() else ""
     return out
 
 
 # --- type checking of field values ------------------------------------------
+def _check_finite(name: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{name}': got {value}, expected a finite number")
+
+
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(BalmConfig)
 

@@ -10,6 +10,7 @@ scaler is fitted on the train split only. Every (start, variable) pair is one wi
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -79,7 +80,33 @@ def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, lis
         if numeric.isna().any():
             row = int(np.flatnonzero(numeric.isna().to_numpy())[0])
             raise DataError(f"data file {path}: column {column!r} row {row + 2} is empty/NaN, expected a number")
+        if np.isinf(numeric.to_numpy(dtype=np.float64)).any():
+            row = int(np.flatnonzero(np.isinf(numeric.to_numpy(dtype=np.float64)))[0])
+            raise DataError(
+                f"data file {path}: column {column!r} row {row + 2} is {str(values[column].iloc[row])!r}, "
+                "expected a finite number"
+            )
+    check_dates(path, frame["date"])
     return values.to_numpy(dtype=np.float64), variables
+
+
+def check_dates(path: Path, dates: pd.Series) -> None:
+    """Dates must parse and strictly increase: windows are cut by row, so an unsorted or duplicated
+    row would silently join unrelated times into one window. Files are refused, never reordered."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "could not infer format": the NaT check below reports it
+        parsed = pd.to_datetime(dates, errors="coerce")
+    if parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError(f"data file {path}: column 'date' row {row + 2} is {dates.iloc[row]!r}, expected a date")
+    steps = np.diff(parsed.to_numpy())
+    if (steps <= np.timedelta64(0)).any():
+        row = int(np.flatnonzero(steps <= np.timedelta64(0))[0]) + 1
+        what = "repeats" if steps[row - 1] == np.timedelta64(0) else "comes before"
+        raise DataError(
+            f"data file {path}: column 'date' row {row + 2} ({dates.iloc[row]}) {what} row {row + 1} "
+            f"({dates.iloc[row - 1]}), expected dates sorted in increasing order without duplicates"
+        )
 
 
 def split_kind(config: BalmConfig, path: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,11 +140,27 @@ def cached_prompt_tokens(
     )
     path = cache_dir() / "prompts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        return PromptTokens(saved["ids"], saved["lengths"])
+        cached = _read_cache(path, len(windows))
+        if cached is not None:
+            return cached
     tokens = build_prompt_tokens(windows, tokenizer, decimals, style)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"ids": tokens.ids, "lengths": tokens.lengths}, tmp)
     tmp.replace(path)  # atomic: concurrent Ray workers never read a half-written file
     return tokens
+
+
+def _read_cache(path: Path, n_windows: int) -> PromptTokens | None:
+    """The cached table, or None (reported in one line) when the file is truncated or corrupt: the
+    caller rebuilds it and replaces the file, so one bad file never blocks later runs."""
+    try:
+        saved = torch.load(path, weights_only=True)
+        tokens = PromptTokens(saved["ids"], saved["lengths"])
+        if tokens.ids.ndim != 2 or len(tokens.ids) != n_windows or tokens.lengths.shape != (n_windows,):
+            raise ValueError(f"{tuple(tokens.ids.shape)} ids for {n_windows} windows")
+        return tokens
+    except Exception as err:  # noqa: BLE001 - any unreadable cache file is rebuilt
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        print(f"prompt cache {path} is unreadable ({reason}); rebuilding it", file=sys.stderr, flush=True)
+        return None

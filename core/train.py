@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from core.backbones import Backbone, backbone_source, load_backbone
-from core.config import BalmConfig
+from core.backbones import Backbone, backbone_shape, load_backbone
+from core.config import BalmConfig, ConfigError
 from core.data import SPLITS, ForecastData, WindowSet, load_data
 from core.model import BalmModel
+from core.paths import check_output_folder
 from core.prompts import PromptTokens, cached_prompt_tokens
 
 
@@ -87,12 +89,58 @@ def eval_index(n: int, batch_size: int, max_batches: int | None) -> torch.Tensor
     return torch.linspace(0, n - 1, max_batches * batch_size).round().long().unique()
 
 
-def preflight(config: BalmConfig) -> ForecastData:
-    """Every check that needs no model: config, data file, backbone availability. Returns the data."""
+def preflight(
+    config: BalmConfig,
+    output: tuple[str | Path, str] | None = None,
+    variants: Iterable[BalmConfig] = (),
+    local: bool = True,
+) -> ForecastData:
+    """Every check that needs no model, in seconds, creating nothing; raises a core.errors.BalmError.
+
+    Config values, `output` (folder, flag) writable, the data file (finite values, dates), and the
+    backbone's width and depth from its config (no weights) against `d_ff` and `llm_layers` of
+    `config` and of `variants` (a search's edge configs). `local`: the run uses this machine's
+    device and CPUs. Returns the data.
+    """
     config.validate()
+    if local:
+        check_device(config.device)
+        check_threads(config.num_threads)
+    if output is not None:
+        check_output_folder(*output)
     data = load_data(config)
-    backbone_source(config.backbone)
+    width, depth = backbone_shape(config.backbone)
+    for c in (config, *variants):
+        if c.d_ff > width:
+            raise ConfigError(
+                f"config key 'd_ff': got {c.d_ff}, expected <= the width {width} of backbone {c.backbone!r}"
+            )
+        if c.llm_layers > depth:
+            raise ConfigError(
+                f"config key 'llm_layers': got {c.llm_layers}, expected <= the {depth} layers "
+                f"of backbone {c.backbone!r}"
+            )
     return data
+
+
+def check_device(name: str) -> None:
+    """`cuda`/`cuda:N` only where CUDA and that GPU exist (ConfigError)."""
+    if not name.startswith("cuda"):
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config key 'device': got {name!r}, expected auto, cpu, cuda or cuda:N") from None
+    if not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': got {name!r}, but CUDA is not available on this machine")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"config key 'device': got {name!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def check_threads(num_threads: int | None) -> None:
+    cpus = os.cpu_count() or 1
+    if num_threads is not None and num_threads > cpus:
+        raise ConfigError(f"config key 'num_threads': got {num_threads}, expected <= {cpus} (the CPUs of this machine)")
 
 
 def build_prompts(config: BalmConfig, data: ForecastData, backbone: Backbone) -> dict[str, PromptTokens]:

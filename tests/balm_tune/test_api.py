@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from balm_tune.api import prepare_search, run_search
-from balm_tune.space import SpaceError
+from balm_tune.space import SpaceError, load_space
 from tests.conftest import write_tiny_space
 
 
@@ -27,3 +27,14 @@ def test_prepare_search_checks_everything_and_starts_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(SpaceError, match="'search.prompt_len': value 12 is invalid"):
         prepare_search(space, storage=tmp_path / "runs", seq_len=32)
+
+
+def test_a_half_created_experiment_holding_only_its_space_can_be_resumed(tmp_path):
+    space = load_space(write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1}))
+    experiment = tmp_path / "runs" / "half"
+    experiment.mkdir(parents=True)
+    space.with_base_overrides({"max_train_batches": 2}).save(experiment / "search_space.yaml")
+    with pytest.raises(SpaceError, match="exists; continue it with --resume"):
+        prepare_search(space, name="half", storage=tmp_path / "runs")
+    result = run_search(name="half", storage=tmp_path / "runs", resume=True)
+    assert len(result.leaderboard) == 2 and result.best_config.max_train_batches == 2

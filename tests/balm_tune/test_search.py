@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from balm_tune.optuna_search import open_study
+from balm_tune.search import main as search_main
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
 from tests.conftest import search_command, write_tiny_space
@@ -104,6 +105,47 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(search):
         experiment_info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
         metrics = {m.name.tag for m in experiment_info.experiment.metric_infos}
         assert {"ray/tune/best_val_mse", "ray/tune/best_val_mae"} <= metrics
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_refuses_budget_or_space_changes_and_keeps_the_results(search, capsys, write_space):
+    experiment, _ = search
+    before = _files(experiment)
+    resume = ["--storage", str(experiment.parent), "--name", experiment.name, "--resume"]
+    for flags, change in [
+        (["--num-samples", "6", "--max-epochs", "6"], "budget.max_epochs: 3 vs 6"),
+        (["--set", "dropout=2e-1"], "base.dropout: 0.1 vs 0.2"),
+        (["--space", str(write_space(seed=5))], "seed: 0 vs 5"),
+    ]:
+        assert search_main([*resume, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"--resume continues {experiment}" in err and change in err and err.count("\n") == 1, err
+    assert _files(experiment) == before
+
+
+def test_a_truncated_winner_checkpoint_is_not_exported_and_earlier_results_are_kept(search, tmp_path):
+    import shutil
+
+    experiment = Path(shutil.copytree(search[0], tmp_path / "runs" / "copy"))
+    winner = json.loads((experiment / "summary.json").read_text())["winner"]["trial_id"]
+    (trial,) = experiment.glob(f"train_balm_{winner}_*")
+    for checkpoint in trial.glob("checkpoint_*/trainer.pt"):
+        checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    before = _files(experiment)
+    run = subprocess.run(
+        search_command("--storage", str(experiment.parent), "--name", "copy", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"of the winning trial {winner} cannot be loaded" in run.stderr and "nothing exported" in run.stderr
+    after = _files(experiment)
+    for name in ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json"):
+        assert after[name] == before[name], name
 
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
@@ -217,3 +259,45 @@ def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     assert [r["epoch"] for r in results] == sorted({r["epoch"] for r in results})  # no epoch trained twice
     assert "Failure # 1" in (trial_dir / "error.txt").read_text()
     assert _rows(experiment)[0]["status"] == "finished"
+
+
+def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(tmp_path, capsys):
+    path = write_tiny_space(tmp_path, base={"max_train_batches": 40}, budget={"num_samples": 3, "max_epochs": 2})
+    storage = tmp_path / "runs"
+    experiment = storage / "ctrlc"
+    driver = subprocess.Popen(
+        search_command("--space", str(path), "--storage", str(storage), "--name", "ctrlc"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: any(_result_lines(d) for d in experiment.glob("train_balm_*")), 240, "a first epoch")
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    assert "interrupted (after " in out and "nothing exported" in out, out[-3000:]
+    exported = ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json")
+    assert not any((experiment / name).exists() for name in exported)
+    epochs = {d.name: [r["epoch"] for r in _result_lines(d)] for d in experiment.glob("train_balm_*")}
+
+    assert search_main(["--storage", str(storage), "--name", "ctrlc", "--resume", "--max-epochs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues" in err and "budget.max_epochs: 2 vs 4" in err and err.count("\n") == 1
+
+    resumed = subprocess.run(
+        search_command("--storage", str(storage), "--name", "ctrlc", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = _rows(experiment)
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"finished", "pruned by asha"}, rows
+    for name, before in epochs.items():  # every interrupted trial went on from its last epoch
+        after = [r["epoch"] for r in _result_lines(experiment / name)]
+        assert after[: len(before)] == before and after == sorted(set(after)), (name, before, after)

@@ -98,3 +98,86 @@ def test_dry_run_checks_everything_and_starts_nothing(write_space, tmp_path, cap
     assert "backbone 'no-such/model'" in capsys.readouterr().err
     assert search_main(["--space", str(path), "--dry-run", "--set", "seq_len=48"]) == 2  # prompt_len high 12 > 6
     assert "'search.prompt_len': value 12 is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize(
+    ("args", "sections", "message"),
+    [
+        (["--name", "../x"], {}, "--name '../x': expected a single folder name"),
+        (["--name", "/tmp/abs"], {}, "--name '/tmp/abs': expected a single folder name"),
+        (["--name", "a/b/c"], {}, "--name 'a/b/c': expected a single folder name"),
+        (["--storage", "{tmp}/file.txt"], {}, "--storage {tmp}/file.txt: {tmp}/file.txt is not a folder"),
+        (["--storage", "{tmp}/file.txt/runs"], {}, "--storage {tmp}/file.txt/runs: {tmp}/file.txt is not a folder"),
+        (["--final-seeds", "-1"], {}, "--final-seeds: got -1, expected an integer >= 0"),
+        (["--resume"], {}, "--resume needs --name"),
+        (["--set", "d_ff=64"], {}, "config key 'd_ff': got 64, expected <= the width 32 of backbone 'tiny-gpt2'"),
+        (
+            [],
+            {"search": {"d_ff": {"type": "choice", "values": [16, 64]}}},
+            "config key 'd_ff': got 64, expected <= the width 32",
+        ),
+        (
+            [],
+            {"search": {"llm_layers": {"type": "int", "low": 1, "high": 6}}},
+            "config key 'llm_layers': got 6, expected <= the 4 layers of backbone 'tiny-gpt2'",
+        ),
+        (["--set", "backbone={tmp}"], {}, "is not a model folder"),
+        (["--set", "device=cuda:99"], {}, "config key 'device': got 'cuda:99', but"),
+        (["--set", "num_threads=100000"], {}, "config key 'num_threads': got 100000, expected <= "),
+        (["--set", "contrastive_weight=.nan"], {}, "config key 'contrastive_weight': got nan, expected a finite"),
+        (["--set", "batch_size=[1"], {}, "--set batch_size=[1: not valid YAML"),
+        (["--set", "data_path={tmp}/inf.csv"], {}, "inf.csv: column 'OT' row 3 is 'inf', expected a finite number"),
+        ([], {"gpu_budget": None}, "'gpu_budget': got None, expected text"),
+        (
+            [],
+            {"search": {"contrastive_weight": {"type": "float", "low": 0.0, "high": float("inf")}}},
+            "'search.contrastive_weight.high': got inf, expected a number",
+        ),
+        (
+            [],
+            {"search": {"prompt_len": {"type": "int", "low": 1, "high": 4}}},
+            "config key 'prompt_len': got 1, expected an integer >= 2",
+        ),
+    ],
+)
+def test_bad_search_input_is_one_line_before_anything_starts(
+    write_space, tmp_path, capsys, args, sections, message, dry_run
+):
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "file.txt").write_text("a file, not a folder\n")
+    (files / "inf.csv").write_text("date,a,OT\n1,2,3\n2,3,inf\n")
+    args = [a.replace("{tmp}", str(files)) for a in args]
+    storage = [] if "--storage" in args else ["--storage", str(tmp_path / "runs")]
+    path = write_space(**sections)
+    assert search_main(["--space", str(path), *storage, *args, *(["--dry-run"] if dry_run else [])]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{tmp}", str(files)) in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists() and not (tmp_path / "a").exists()
+    assert sorted(p.name for p in files.iterdir()) == ["file.txt", "inf.csv"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("search: {a: 1\n", "not valid YAML (while parsing a flow mapping"),
+        (
+            "base:\n  seed: !!python/object/apply:os.system ['true']\n",
+            "not valid YAML (could not determine a constructor for the tag",
+        ),
+        ("\x00\x01binary", "not a text file, expected YAML or JSON"),
+    ],
+)
+def test_unreadable_space_files_are_one_line_errors(tmp_path, capsys, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    assert search_main(["--space", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: search space {path}: {message}" in err and err.count("\n") == 1
+
+
+def test_exponent_numbers_in_set_reach_the_search(write_space, tmp_path, capsys):
+    path = write_space()
+    assert search_main(["--space", str(path), "--storage", str(tmp_path), "--dry-run", "--set", "dropout=1e-1"]) == 0
+    assert "dry run" in capsys.readouterr().out

@@ -70,6 +70,14 @@ def _write(tmp_path, text):
         ("date,a,OT\n1,2,x\n2,3,4\n", "column 'OT' row 2 has non-numeric value 'x', expected a number"),
         ("date,a,OT\n1,2,3\n2,,4\n", "column 'a' row 3 is empty/NaN"),
         ("date,a,OT\n" + "".join(f"{i},{i},{i}\n" for i in range(10)), "too short for seq_len + pred_len = 6"),
+        ("date,a,OT\n1,2,3\n2,inf,4\n", "column 'a' row 3 is 'inf', expected a finite number"),
+        ("date,a,OT\n1,2,3\n2,3,-inf\n", "column 'OT' row 3 is '-inf', expected a finite number"),
+        ("date,a,OT\n2016-07-01,2,3\n2016-07-0x,3,4\n", "column 'date' row 3 is '2016-07-0x', expected a date"),
+        (
+            "date,a,OT\n2016-07-02,2,3\n2016-07-01,3,4\n",
+            "column 'date' row 3 (2016-07-01) comes before row 2 (2016-07-02), expected dates sorted",
+        ),
+        ("date,a,OT\n2016-07-01,2,3\n2016-07-01,3,4\n", "column 'date' row 3 (2016-07-01) repeats row 2"),
     ],
 )
 def test_bad_data_files_give_one_line_errors(tmp_path, text, message):

@@ -87,3 +87,30 @@ def test_the_compact_style_carries_the_same_statistics_in_fewer_tokens(etth1_pat
     compact = build_prompt_tokens(data.train, backbone.tokenizer, decimals=2, style="compact")
     reference = build_prompt_tokens(data.train, backbone.tokenizer, decimals=2, style="reference")
     assert compact.lengths.float().mean() < 0.6 * reference.lengths.float().mean()
+
+
+def test_a_corrupt_prompt_cache_file_is_reported_in_one_line_and_rebuilt(etth1_path, tmp_path, monkeypatch, capsys):
+    from core import prompts
+    from core.prompts import cached_prompt_tokens
+
+    monkeypatch.setenv("BALM_TUNE_CACHE", str(tmp_path))
+    backbone = load_backbone("tiny-gpt2", 2)
+    windows = load_data(BalmConfig(data_path=str(etth1_path), seq_len=96, pred_len=24, percent=5)).val
+
+    def tokens():
+        return cached_prompt_tokens(windows, "sha", backbone.tokenizer, backbone.tokenizer_id, 2, "compact")
+
+    built = tokens()
+    (cache_file,) = (tmp_path / "prompts").iterdir()
+    whole = cache_file.read_bytes()
+    capsys.readouterr()
+    for damaged in (whole[:5000], b"garbage"):  # truncated, then not a torch file at all
+        cache_file.write_bytes(damaged)
+        builds = prompts.BUILDS
+        rebuilt = tokens()
+        err = capsys.readouterr().err
+        assert f"prompt cache {cache_file} is unreadable" in err and "rebuilding it" in err and err.count("\n") == 1
+        assert builds + 1 == prompts.BUILDS and torch.equal(rebuilt.ids, built.ids)
+        assert cache_file.read_bytes() == whole  # replaced: the next run reads it again
+    tokens()
+    assert capsys.readouterr().err == ""

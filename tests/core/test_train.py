@@ -75,6 +75,9 @@ def test_nan_loss_stops_training_with_a_reason(tiny_config):
         trainer.fit()
 
 
+TINY = ["--set", "backbone=tiny-gpt2", "--set", "llm_layers=2", "--set", "d_model=16"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -83,13 +86,61 @@ def test_nan_loss_stops_training_with_a_reason(tiny_config):
         (["--set", "backbone=no-such-org/no-model"], "backbone 'no-such-org/no-model': not a local directory"),
         (["--set", "data_path=nowhere.csv"], "data file nowhere.csv not found"),
         (["--set", "seq_len=20000"], "too short for seq_len + pred_len"),
+        ([*TINY, "--set", "d_ff=64"], "config key 'd_ff': got 64, expected <= the width 32 of backbone 'tiny-gpt2'"),
+        ([*TINY, "--set", "llm_layers=5"], "config key 'llm_layers': got 5, expected <= the 4 layers of backbone"),
+        (["--set", "d_ff=1000"], "config key 'd_ff': got 1000, expected <= the width 576 of backbone 'smollm2-135m'"),
+        (["--set", "backbone={tmp}"], "is not a model folder (its config.json cannot be read"),
+        (["--set", "device=cuda:99"], "config key 'device': got 'cuda:99', but"),
+        (["--set", "device=cudax"], "config key 'device': got 'cudax', expected auto, cpu, cuda or cuda:N"),
+        (["--set", "num_threads=100000"], "config key 'num_threads': got 100000, expected <= "),
+        (["--set", "contrastive_weight=.nan"], "config key 'contrastive_weight': got nan, expected a finite number"),
+        (["--set", "prompt_len=1"], "config key 'prompt_len': got 1, expected an integer >= 2"),
+        (["--set", "batch_size=[1"], "--set batch_size=[1: not valid YAML"),
+        (["--set", "seed=!!python/object/apply:os.system ['true']"], "could not determine a constructor"),
+        (["--config", "{tmp}/binary.yaml"], "binary.yaml: not a text file, expected YAML or JSON"),
+        (
+            ["--config", "{tmp}/syntax.yaml"],
+            "syntax.yaml: not valid YAML (mapping values are not allowed here at line 2",
+        ),
+        (["--name", "../x"], "--name '../x': expected a single folder name"),
+        (["--name", "/tmp/abs"], "--name '/tmp/abs': expected a single folder name"),
+        (["--name", "a/b/c"], "--name 'a/b/c': expected a single folder name"),
+        (["--name", ".."], "--name '..': expected a single folder name"),
+        (["--name", "a\\b"], "expected a single folder name"),
+        (["--out", "{tmp}/binary.yaml"], "--out/--name {tmp}/binary.yaml/"),
     ],
 )
 def test_train_cli_rejects_bad_input_before_loading_a_model(args, message, capsys, tmp_path):
-    assert train_main([*args, "--out", str(tmp_path)]) == 2
+    files = tmp_path / "files"  # planted inputs, outside the output folder
+    files.mkdir()
+    (files / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    (files / "syntax.yaml").write_text("a: 1\n  b: 2\n")
+    (files / "weights.bin").write_bytes(b"not a model")
+    args = [a.replace("{tmp}", str(files)) for a in args]
+    out = tmp_path / "out"
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    assert train_main(args) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
-    assert not any(tmp_path.iterdir())  # nothing was started
+    assert message.replace("{tmp}", str(files)) in err and err.count("\n") == 1
+    assert not out.exists() and sorted(p.name for p in files.iterdir()) == ["binary.yaml", "syntax.yaml", "weights.bin"]
+    assert not (tmp_path / "x").exists() and not (tmp_path / "a").exists()  # nothing was started, nothing escaped
+
+
+def test_train_name_refuses_an_existing_run_folder_unless_overwrite(tiny_config, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    tiny_config.save(path)
+    run = ["--config", str(path), "--set", "epochs=1", "--out", str(tmp_path), "--name", "r", "--quiet"]
+    assert train_main(run) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    capsys.readouterr()
+    assert train_main([*run, "--set", "seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {tmp_path / 'r'} exists; choose another --name or add --overwrite" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before  # nothing touched
+    assert train_main([*run, "--set", "seed=7", "--overwrite"]) == 0
+    assert BalmConfig.load(tmp_path / "r" / "config.yaml").seed == 7
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() != before["checkpoint.pt"]
 
 
 def test_train_cli_trains_and_writes_results(tiny_config, tmp_path, capsys):
