@@ -44,15 +44,19 @@ WARM_START = "warm_start_from"
 
 def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
     """The study `name` in the JournalStorage file `journal` (created if `create`)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    storage = _storage(journal)
     if create:
         return optuna.create_study(
             storage=storage, study_name=name, sampler=sampler, direction="minimize", load_if_exists=True
         )
     return optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+
+
+def _storage(journal: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(journal)))
 
 
 class StudySearch(Searcher):
@@ -208,6 +212,8 @@ def finished_trials(journal: Path, name: str) -> list[FrozenTrial]:
 def close_study(journal: Path, name: str) -> int:
     """Mark trials still RUNNING after the search as FAIL (asked just before the driver was killed, never
     recorded by Tune); returns how many."""
+    if not journal.is_file() or name not in optuna.get_all_study_names(_storage(journal)):
+        return 0  # no study under this name (e.g. an experiment folder copied under another name)
     study = open_study(journal, name)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
