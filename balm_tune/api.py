@@ -105,16 +105,16 @@ def prepare_search(
     and `wandb` (a project) add experiment trackers. `space` defaults to search_spaces/default.yaml; with
     `resume`, to the space saved in the experiment, and any flag that differs from the saved search is
     refused (Tune cannot change a search it restores). `address`: the trials run on that cluster, so this
-    machine's device and CPUs are not checked. `enqueue`: configs (or a YAML file of them) evaluated
-    first, after the space's own `enqueue`; `warm_start`: a finished experiment (local folder, or name
-    under a local `storage`) whose Optuna study seeds the sampler.
+    machine's device and CPUs are not checked. `enqueue`: configs (or a YAML file of them) evaluated first,
+    after the space's own `enqueue`; `warm_start`: a finished experiment (local folder, or name under a local
+    `storage`) whose Optuna study seeds the sampler.
     """
     if resume and not name:
         raise SpaceError("--resume needs --name of the experiment to continue")
-    if name is not None:
-        check_name(name)
     if resume and (enqueue is not None or warm_start is not None):
         raise SpaceError("--enqueue and --warm-start start a new study; a resumed search continues its own")
+    if name is not None:
+        check_name(name)
     trackers = Trackers(mlflow, wandb).check()
     auto_gpus = gpus_per_trial == "auto"
     path = DEFAULT_SPACE if space is None else space.path if isinstance(space, SearchSpace) else Path(space)
@@ -123,10 +123,6 @@ def prepare_search(
     default_out = Path(location.parent.path) if location.is_local else Path("runs")
     experiment = writable_folder(out, "--out") / name if out is not None else default_out.resolve() / name
     saved = _saved_space(location, experiment, trust_experiment) if resume else None
-    if resume:
-        study = location.child(JOURNAL)  # remote storage: the study published with the last results
-        if not (experiment / JOURNAL).exists() and study.exists():
-            study.download(experiment / JOURNAL)
     space = space if isinstance(space, SearchSpace) else saved if space is None and saved else load_space(path)
     if overrides:
         space = space.with_base_overrides(overrides)
@@ -137,44 +133,23 @@ def prepare_search(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=None if auto_gpus else gpus_per_trial,
     )
+    if enqueue is not None:
+        points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
+        space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
+    seeds = None if warm_start is None else load_warm_start(storage, warm_start, space)
     if saved and (changed := saved.differences(space)):
         raise SpaceError(
             f"--resume continues {location.uri} as saved in {SPACE_COPY}; it cannot change {', '.join(changed[:3])}"
             f"{' ...' if len(changed) > 3 else ''} (saved vs requested); drop those flags, or start a new --name"
         )
-    if enqueue is not None:
-        points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
-        space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
-    seeds = None if warm_start is None else load_warm_start(storage, warm_start, space)
     # every cheap check (config, data, backbone shape, device, threads) before anything starts
     data = preflight(space.base, variants=space.edge_configs(), local=address in (None, "local"))
     taken = [where for where, used in ((location.uri, location.exists()), (experiment, experiment.exists())) if used]
     if taken and not resume:
         raise SpaceError(f"{taken[0]} exists; continue it with --resume or choose another --name")
     return SearchPlan(
-        space,
-        data,
-        experiment,
-        location,
-        resume=resume,
-        trust_experiment=trust_experiment,
-        auto_gpus=auto_gpus,
-        trackers=trackers,
-        warm_start=seeds,
+        space, data, experiment, location, resume, trust_experiment, auto_gpus, trackers, warm_start=seeds
     )
-
-
-def _saved_space(location: Location, experiment: Path, trust_experiment: bool) -> SearchSpace:
-    """The space an experiment was started with; its pickles are checked now (and again before the restore)."""
-    from balm_tune.integrity import verify
-    from balm_tune.tuner import restorable
-
-    saved = location.child(SPACE_COPY)
-    if not saved.exists():
-        raise SpaceError(f"--resume: no experiment at {location.uri} (missing {SPACE_COPY}); check --storage/--name")
-    if restorable(location) and not trust_experiment:
-        verify(location)
-    return load_space(saved.download(experiment / SPACE_COPY))
 
 
 def load_warm_start(storage: str | Path, source: str | Path, space: SearchSpace) -> WarmStart:
@@ -190,6 +165,23 @@ def load_warm_start(storage: str | Path, source: str | Path, space: SearchSpace)
             f"--warm-start {source}: no finished trial searched the keys {sorted(space.search)} of this space"
         )
     return WarmStart(str(folder.resolve()), trials)
+
+
+def _saved_space(location: Location, experiment: Path, trust_experiment: bool) -> SearchSpace:
+    """The space an experiment was started with; its pickles are checked now (and again before the restore).
+    With remote storage, the Optuna study published with the last results comes down with it."""
+    from balm_tune.integrity import verify
+    from balm_tune.tuner import restorable
+
+    saved = location.child(SPACE_COPY)
+    if not saved.exists():
+        raise SpaceError(f"--resume: no experiment at {location.uri} (missing {SPACE_COPY}); check --storage/--name")
+    if restorable(location) and not trust_experiment:
+        verify(location)
+    study = location.child(JOURNAL)
+    if not (experiment / JOURNAL).exists() and study.exists():
+        study.download(experiment / JOURNAL)
+    return load_space(saved.download(experiment / SPACE_COPY))
 
 
 def run_search(
@@ -286,7 +278,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
-        if any(r["outcome"] is Outcome.INTERRUPTED for r in rows):
+        if any(r["outcome"] is Outcome.INTERRUPTED for r in rows):  # the study's trials stay open for --resume
             return SearchResult(experiment, pd.DataFrame(rows), {"trials": len(rows)}, interrupted=True)
         paths["study"] = experiment / JOURNAL
         close_study(paths["study"], experiment.name)

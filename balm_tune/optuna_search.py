@@ -19,6 +19,7 @@ outcome is read from the trial's own metrics (`balm_tune.outcome.trial_outcome`)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
@@ -42,15 +44,19 @@ WARM_START = "warm_start_from"
 
 def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
     """The study `name` in the JournalStorage file `journal` (created if `create`)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    storage = _storage(journal)
     if create:
         return optuna.create_study(
             storage=storage, study_name=name, sampler=sampler, direction="minimize", load_if_exists=True
         )
     return optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+
+
+def _storage(journal: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(journal)))
 
 
 class StudySearch(Searcher):
@@ -125,8 +131,9 @@ class StudySearch(Searcher):
         self._report(trial_id, result)  # Tune withholds the result that made the scheduler stop the trial
         outcome, reason = trial_outcome(result, self.max_epochs, self.patience, "error" if error else None)
         state, value = outcome.optuna_state, result.get(self.metric)
-        trial.set_user_attr("outcome", outcome.value)
-        trial.set_user_attr("reason", reason)
+        with contextlib.suppress(UpdateFinishedTrialError):  # told before a driver crash (see _report)
+            trial.set_user_attr("outcome", outcome.value)
+            trial.set_user_attr("reason", reason)
         if state == TrialState.PRUNED and self.pruned_trials == "complete":
             state = TrialState.COMPLETE  # what Ray's OptunaSearch does: the partial value as if final
         if state == TrialState.COMPLETE and not _finite(value):
@@ -164,7 +171,10 @@ class StudySearch(Searcher):
             and _finite(value)
             and int(epoch) not in self._steps.setdefault(trial_id, set())
         ):
-            self._trial(trial_id).report(float(value), step=int(epoch))
+            # after --resume, Tune's snapshot (seconds behind the journal) can run a trial the study has
+            # already closed: the study keeps what it recorded
+            with contextlib.suppress(UpdateFinishedTrialError):
+                self._trial(trial_id).report(float(value), step=int(epoch))
             self._steps[trial_id].add(int(epoch))
 
 
@@ -202,6 +212,8 @@ def finished_trials(journal: Path, name: str) -> list[FrozenTrial]:
 def close_study(journal: Path, name: str) -> int:
     """Mark trials still RUNNING after the search as FAIL (asked just before the driver was killed, never
     recorded by Tune); returns how many."""
+    if not journal.is_file() or name not in optuna.get_all_study_names(_storage(journal)):
+        return 0  # no study under this name (e.g. an experiment folder copied under another name)
     study = open_study(journal, name)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:

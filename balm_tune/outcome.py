@@ -37,6 +37,7 @@ class Outcome(StrEnum):
             Outcome.PERTURBED: TrialState.COMPLETE,
             Outcome.STOPPED: TrialState.PRUNED,
             Outcome.FAILED: TrialState.FAIL,
+            Outcome.INTERRUPTED: TrialState.FAIL,
         }[self]
 
 

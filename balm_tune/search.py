@@ -26,6 +26,7 @@ import sys
 from balm_tune.api import SearchPlan, SearchResult, check_cluster, check_final_seeds, execute, prepare_search
 from balm_tune.cluster import check_address
 from balm_tune.importance import Importances
+from balm_tune.outcome import Outcome
 from balm_tune.space import DEFAULT_SPACE
 from core.baselines import BASELINES, Metrics, comparison
 from core.config import parse_set_args
@@ -196,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_interrupted(result: SearchResult) -> None:
     table = result.leaderboard
-    for row in table[table["status"] == "interrupted"].itertuples():
+    stopped = table[table["outcome"] == Outcome.INTERRUPTED]
+    for row in stopped.itertuples():
         print(f"[trial {row.trial_id}] interrupted ({row.reason})")
     print(
-        f"interrupted: {len(table)} trials, {sum(table['status'] == 'interrupted')} stopped by Ctrl-C; nothing "
+        f"interrupted: {len(table)} trials, {len(stopped)} stopped by Ctrl-C; nothing "
         f"exported. Continue with the same --storage and: --name {result.experiment.name} --resume"
     )
 

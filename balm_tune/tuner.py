@@ -38,22 +38,17 @@ def build_tuner(
     checkpoints: int = 2,
     verbose: int | None = None,
     resume: bool = False,
-    trust_experiment: bool = False,
 ):
-    """A `tune.Tuner` over the BALM trainable writing to `folder`, a path or URI (or, with `resume`, the
-    interrupted one restored from it once its pickles are verified: balm_tune.integrity; a folder Tune
-    never saved its state to starts afresh):
+    """A `tune.Tuner` over the BALM trainable writing to `folder`, a path or URI (or the interrupted one
+    restored from it):
     the trials' resources, checkpoints, failure policy, actor reuse and loggers (result.json, progress.csv,
     TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them."""
     from ray import tune
 
     from balm_tune.callbacks import loggers
-    from balm_tune.integrity import verify
 
     trainable = trial_trainable(shared)
-    if resume and restorable(folder):
-        if not trust_experiment:
-            verify(folder)
+    if resume:
         return tune.Tuner.restore(folder.uri, trainable=trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
@@ -95,15 +90,20 @@ def make_tuner(
     """The search's Tuner at `experiment` (a path or URI): the space's searcher (an Optuna sampler inside
     `StudySearch`; the study in the local file `journal`, named after the experiment) and scheduler, with
     its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers.
-    With `resume`, the interrupted Tuner is restored after its pickles are verified (balm_tune.integrity)."""
+    With `resume`, the interrupted Tuner restored from `experiment` after its pickles are verified
+    (balm_tune.integrity); a folder Tune never saved its state to starts afresh."""
     import optuna
     from ray.tune.search import BasicVariantGenerator
 
     from balm_tune.callbacks import TrialLines
-    from balm_tune.integrity import Sealer
+    from balm_tune.integrity import Sealer, verify
     from balm_tune.optuna_search import StudyRecorder
     from balm_tune.strategies import create_scheduler, create_searcher
 
+    if resume and restorable(experiment):
+        if not trust_experiment:
+            verify(experiment)
+        return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pbt = space.scheduler.type == "pbt"
     search_alg = create_searcher(
@@ -117,7 +117,7 @@ def make_tuner(
         seed_trials=warm_start.trials if warm_start else [],
         seed_source=warm_start.source if warm_start else "",
     )
-    callbacks = [*extra_callbacks, TrialLines(space.max_epochs, space.base.patience, space.scheduler.type), Sealer()]
+    callbacks = [*extra_callbacks, TrialLines(space.max_epochs, space.base.patience, space.scheduler.type)]
     if pbt:  # Ray allows no searcher beside PBT: it samples its own population,
         callbacks.append(StudyRecorder(search_alg, space.param_space()))  # recorded in the study all the same
         search_alg = BasicVariantGenerator(points_to_evaluate=space.enqueue or None, random_state=space.seed)
@@ -129,14 +129,12 @@ def make_tuner(
         concurrent=min(concurrent, space.num_samples),
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
-        callbacks=callbacks,
+        callbacks=[*callbacks, Sealer()],
         # PBT has no max_t: without this it would still replace a trial's config after its last epoch; it
         # clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
         stop={"epoch": space.max_epochs} if pbt else None,
         checkpoints=4 if pbt else 2,
         verbose=verbose,
-        resume=resume,
-        trust_experiment=trust_experiment,
     )
 
 

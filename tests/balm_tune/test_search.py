@@ -330,7 +330,7 @@ def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = _rows(experiment)
-    assert len(rows) == 3 and {r["status"] for r in rows} <= {"finished", "stopped by ASHA"}, rows
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"finished", "pruned by asha"}, rows
     for name, before in epochs.items():  # every interrupted trial went on from its last epoch
         after = [r["epoch"] for r in _result_lines(experiment / name)]
         assert after[: len(before)] == before and after == sorted(set(after)), (name, before, after)
