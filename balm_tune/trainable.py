@@ -78,7 +78,6 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
             perturbations = perturbations_of(Path(folder), params)
-    started = trainer.epoch
     context = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "device": str(trainer.device),
@@ -105,10 +104,6 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
 
     try:
         trainer.fit(on_epoch=report)
-        if (
-            trainer.epoch == started and trainer.history
-        ):  # nothing left to train from the checkpoint: report this trial's state
-            report(EpochReport(**trainer.history[-1]))
     except DivergedError as err:  # a finished trial, recorded as failed with its reason; no retry
         tune.report(
             {"val_mse": math.inf, "best_val_mse": math.inf, "failed": str(err), "epoch": trainer.epoch, **context}
