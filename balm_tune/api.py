@@ -68,12 +68,13 @@ class SearchResult:
     """What a finished search produced (also written under `experiment`)."""
 
     experiment: Path
-    leaderboard: Any  # pandas.DataFrame, one row per trial, best first
+    leaderboard: Any  # pandas.DataFrame, one row per trial, best first (leaderboard.csv's trial rows)
     summary: dict
     best_config: BalmConfig | None = None
     test: dict | None = None
     paths: dict[str, Path] = field(default_factory=dict)
     interrupted: bool = False  # Ctrl-C: trials stopped, nothing exported; --resume continues
+    baselines: Any = None  # pandas.DataFrame: leaderboard.csv's baseline rows, scored on the trials' windows
 
 
 def prepare_search(
@@ -286,7 +287,9 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         if winners:
             verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
         write_leaderboard(rows, paths["leaderboard"], baseline_rows(baselines))
-        table = pd.read_csv(paths["leaderboard"])
+        board = pd.read_csv(paths["leaderboard"], dtype={"trial_id": str})
+        table = board[board["kind"] == "trial"].reset_index(drop=True)
+        baseline_table = board[board["kind"] == "baseline"].reset_index(drop=True)
         summary = {
             "experiment": location.uri,
             "results": str(experiment),
@@ -318,7 +321,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             write_summary(summary, paths["summary"])
             publish(list(paths.values()), location)
             paths["report"] = write_report(experiment, location).index
-            return SearchResult(experiment, table, summary, paths=paths)
+            return SearchResult(experiment, table, summary, paths=paths, baselines=baseline_table)
         best = winners[0]
         config = shared.trial_config(best["params"])
         provenance = {
@@ -358,7 +361,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         write_summary(summary, paths["summary"])
         publish(list(paths.values()), location)
         paths["report"] = write_report(experiment, location).index
-        return SearchResult(experiment, table, summary, BalmConfig.load(paths["best_config"]), test, paths)
+        best_config = BalmConfig.load(paths["best_config"])
+        return SearchResult(experiment, table, summary, best_config, test, paths, baselines=baseline_table)
     finally:
         if sign:
             seal(location)  # the final state (final_seeds/ included), signed for --resume

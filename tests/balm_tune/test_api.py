@@ -11,10 +11,10 @@ from tests.conftest import write_tiny_space
 def test_run_search_returns_the_leaderboard_best_config_test_metrics_and_paths(tmp_path):
     space = write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1})
     result = run_search(space, name="api", storage=tmp_path / "runs", max_train_batches=2, sampler_seed=3)
-    trials = result.leaderboard[result.leaderboard["kind"] == "trial"]
-    assert isinstance(result.leaderboard, pd.DataFrame) and len(trials) == 2
+    trials = result.leaderboard
+    assert isinstance(trials, pd.DataFrame) and len(trials) == 2 and set(trials["kind"]) == {"trial"}
     assert trials["best_val_mse"].is_monotonic_increasing  # best first
-    assert list(result.leaderboard["kind"].iloc[2:]) == ["baseline", "baseline"]  # marked rows after the trials
+    assert list(result.baselines["trial_id"]) == ["repeat_last", "linear"]  # leaderboard.csv's marked rows
     assert result.best_config.max_train_batches == 2  # the base override reached the trials
     assert result.best_config.prompt_len == trials["prompt_len"].iloc[0]
     assert result.test["test_mse"] > 0 and result.summary["test"] == result.test
