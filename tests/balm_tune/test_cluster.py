@@ -254,7 +254,7 @@ def test_a_search_on_a_two_node_cluster_places_trials_on_both_nodes(ray_nodes, t
     assert len({results[0]["node_id"] for results in trials}) == 2
 
 
-def test_half_a_gpu_per_trial_runs_eight_trials_at_once_on_four_gpus(ray_nodes, tmp_path):
+def test_half_a_gpu_per_trial_packs_two_trials_on_each_of_four_gpus(ray_nodes, tmp_path):
     start, env = ray_nodes
     start("--num-cpus=8", "--num-gpus=4")  # logical GPUs: Ray schedules and sets CUDA_VISIBLE_DEVICES
     trials = _search(
