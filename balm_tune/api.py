@@ -220,6 +220,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         export_winner,
         fetch_tensorboard,
         leaderboard,
+        leaderboard_frame,
         publish,
         verify_checkpoint,
         write_leaderboard,
@@ -287,9 +288,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         if winners:
             verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
         write_leaderboard(rows, paths["leaderboard"], baseline_rows(baselines))
-        board = pd.read_csv(paths["leaderboard"], dtype={"trial_id": str})
-        table = board[board["kind"] == "trial"].reset_index(drop=True)
-        baseline_table = board[board["kind"] == "baseline"].reset_index(drop=True)
+        table, baseline_table = leaderboard_frame(rows), leaderboard_frame(baseline_rows(baselines))
         summary = {
             "experiment": location.uri,
             "results": str(experiment),

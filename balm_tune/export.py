@@ -90,12 +90,23 @@ def baseline_rows(baselines: dict[str, dict]) -> list[dict]:
 
 def write_leaderboard(rows: list[dict], path: Path, baselines: list[dict] = ()) -> None:
     """Trials best first, then the baseline rows (column `kind`: trial | baseline); written atomically."""
-    fields = [k for k in rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
+    _write_atomic(path, _csv_text(rows, [*rows, *baselines]).encode())
+
+
+def leaderboard_frame(rows: list[dict]):
+    """Rows as pandas reads them from leaderboard.csv (the same columns and types, ids kept as text)."""
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(_csv_text(rows, rows)), dtype={"trial_id": str})
+
+
+def _csv_text(header_rows: list[dict], rows: list[dict]) -> str:
+    fields = [k for k in header_rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows([*rows, *baselines])
-    _write_atomic(path, text.getvalue().encode())
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def verify_checkpoint(winner: dict) -> None:
