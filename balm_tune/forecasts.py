@@ -50,13 +50,9 @@ def rebuild_winner(experiment: Path) -> Trainer:
     return trainer
 
 
-def baseline_forecasts(x: torch.Tensor, data: ForecastData) -> dict[str, torch.Tensor]:
+def baseline_forecasts(x: torch.Tensor, linear: LinearForecast, pred_len: int) -> dict[str, torch.Tensor]:
     """Forecasts [n, H] of the simple baselines (core.baselines) for standardised look-backs x [n, T]."""
-    linear = LinearForecast.fit(data.train)  # least squares on every training window: about a second
-    return {
-        BASELINES["repeat_last"]: repeat_last(x, data.train.pred_len),
-        BASELINES["linear"]: linear(x.cpu()).to(x.device),
-    }
+    return {BASELINES["repeat_last"]: repeat_last(x, pred_len), BASELINES["linear"]: linear(x.cpu()).to(x.device)}
 
 
 @torch.no_grad()
@@ -67,13 +63,14 @@ def winner_forecasts(trainer: Trainer, per_variable: int = 3) -> list[WindowFore
     starts = np.linspace(0, test.n_starts - 1, per_variable).round().astype(int)
     dates = _test_dates(data, trainer.config)
     trainer.model.eval()
+    linear = LinearForecast.fit(data.train)  # least squares on every training window, once for all variables
     out = []
     for position, channel in enumerate(test.channels):
         index = torch.as_tensor(position * test.n_starts + starts)
         x, y, ids, lengths = trainer.batch("test", index)
         with trainer.autocast():
             forecast = trainer.model(x, ids, lengths).forecast.float()
-        methods = {WINNER: forecast, **baseline_forecasts(x, data)}
+        methods = {WINNER: forecast, **baseline_forecasts(x, linear, trainer.config.pred_len)}
         mean, std = data.mean[channel], data.std[channel]
         for row, start in enumerate(starts):
             out.append(

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -24,7 +23,7 @@ from balm_tune.api import prepare_search
 from balm_tune.cluster import ClusterError
 from balm_tune.storage import open_location
 from balm_tune.train import main as train_main
-from tests.conftest import free_port, search_command, write_tiny_space
+from tests.conftest import free_port, search_command, wait_for, write_tiny_space
 
 RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray installed beside this Python
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the node id Ray's fake multi-node provider gives its head
@@ -232,16 +231,6 @@ def _s3_results(experiment) -> dict[str, list[dict]]:
     }
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_search_on_a_two_node_cluster_places_trials_on_both_nodes(ray_nodes, tmp_path):
     start, env = ray_nodes
     start("--num-cpus=1", '--resources={"head_node": 1}')
@@ -304,7 +293,7 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
             states = experiment.files("experiment_state-")
             return bool(states) and "TERMINATED" in experiment.child(states[-1]).read_bytes().decode()
 
-        _wait_for(state_knows_a_finished_trial, 120, "the experiment state in S3 to record a finished trial")
+        wait_for(state_knows_a_finished_trial, 120, "the experiment state in S3 to record a finished trial")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

@@ -17,7 +17,7 @@ from balm_tune.search import main as search_main
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
 from core.data import load_data
-from tests.conftest import ETTH1, search_command, write_tiny_space
+from tests.conftest import ETTH1, search_command, wait_for, write_tiny_space
 
 
 def _rows(experiment: Path, kind: str = "trial") -> list[dict]:
@@ -204,16 +204,6 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path
     assert BalmConfig.load(tmp_path / "runs" / "nan" / "best_config.yaml").learning_rate == 0.001
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _result_lines(trial_dir: Path) -> list[dict]:
     path = trial_dir / "result.json"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -275,7 +265,7 @@ def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     )
     try:
         experiment = storage / "crash"
-        trial_dir = _wait_for(
+        trial_dir = wait_for(
             lambda: next((d for d in experiment.glob("train_balm_*") if _result_lines(d)), None),
             240,
             "the trial's first epoch",
@@ -306,7 +296,7 @@ def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(
         start_new_session=True,
     )
     try:
-        _wait_for(lambda: any(_result_lines(d) for d in experiment.glob("train_balm_*")), 240, "a first epoch")
+        wait_for(lambda: any(_result_lines(d) for d in experiment.glob("train_balm_*")), 240, "a first epoch")
         os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
         out, _ = driver.communicate(timeout=300)
     finally:
