@@ -65,11 +65,43 @@ def most_at_once(rows: list[dict]) -> int:
     return best
 
 
+class MemorySampler(threading.Thread):
+    """nvidia-smi's memory.used of GPU 0 every second while the search runs (none without nvidia-smi)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.used: list[float] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                text = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=True,
+                ).stdout
+                self.used.append(float(text.split()[0]))
+            except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+                return
+
+
 def kill_group(process: subprocess.Popen, summary: dict, timeout: float) -> None:
-    """Kill the search and everything it started in its session (the local Ray's daemons too)."""
+    """Kill the search and every process under it: its process group, and the local Ray's workers,
+    which Ray starts in sessions of their own under the raylet (found before anything is killed)."""
+    import psutil
+
     summary["timed_out"] = timeout
+    descendants = []
+    with contextlib.suppress(psutil.Error):
+        descendants = psutil.Process(process.pid).children(recursive=True)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def run_search(out: Path, trials: int, batches: int, timeout: float, quick: bool) -> dict:
@@ -87,6 +119,8 @@ def run_search(out: Path, trials: int, batches: int, timeout: float, quick: bool
         )
         watchdog = threading.Timer(timeout, kill_group, (process, summary, timeout))
         watchdog.start()
+        memory = MemorySampler()
+        memory.start()
         try:
             for line in process.stdout:
                 log.write(line)
@@ -97,10 +131,12 @@ def run_search(out: Path, trials: int, batches: int, timeout: float, quick: bool
             process.wait(timeout=30)
         finally:
             watchdog.cancel()
+            memory.done.set()
             if process.poll() is None:
                 kill_group(process, summary, timeout)
     summary["exit_code"] = process.returncode
     summary["wall_s"] = time.perf_counter() - started
+    summary["nvidia_smi_used_mib_max"] = max(memory.used, default=None)
     probe = next((m for m in map(PROBE.search, lines) if m), None)
     summary["probe_line"] = probe.group(0) if probe else None
     summary["probe_peak_gib"] = float(probe.group(1)) if probe else None
@@ -120,7 +156,8 @@ def run_search(out: Path, trials: int, batches: int, timeout: float, quick: bool
         f"probe: {summary['probe_line'] or 'NO PROBE LINE (see search.log)'}\n"
         f"exit code {summary['exit_code']}, wall {summary['wall_s']:.0f} s (Ray start, probe, trials, export); "
         f"{len(rows)} trials reported; at most {summary['most_trials_at_once']} ran at once; "
-        f"devices {summary['devices']}; precisions {summary['precisions']}"
+        f"devices {summary['devices']}; precisions {summary['precisions']}; nvidia-smi memory.used max "
+        f"{summary['nvidia_smi_used_mib_max']} MiB (sampled every second)"
     )
     for row in summary["trials"]:
         print(f"  {row}")
