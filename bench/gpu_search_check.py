@@ -139,6 +139,7 @@ def run_search(out: Path, trials: int, batches: int, timeout: float, quick: bool
     summary["nvidia_smi_used_mib_max"] = max(memory.used, default=None)
     probe = next((m for m in map(PROBE.search, lines) if m), None)
     summary["probe_line"] = probe.group(0) if probe else None
+    summary["ray_line"] = next((line for line in lines if line.startswith("Ray: ")), None)  # trials at once
     summary["probe_peak_gib"] = float(probe.group(1)) if probe else None
     summary["trials_per_gpu"] = int(probe.group(3)) if probe else None
     rows = trial_results(storage / name)
@@ -154,6 +155,7 @@ def run_search(out: Path, trials: int, batches: int, timeout: float, quick: bool
         f"\n=== step 4: python -m balm_tune.search, {trials} trials x 2 epochs (the space's ASHA grace period) x "
         f"{batches} batches, --gpus-per-trial auto ===\n"
         f"probe: {summary['probe_line'] or 'NO PROBE LINE (see search.log)'}\n"
+        f"{summary['ray_line'] or 'NO Ray: LINE (see search.log)'}\n"
         f"exit code {summary['exit_code']}, wall {summary['wall_s']:.0f} s (Ray start, probe, trials, export); "
         f"{len(rows)} trials reported; at most {summary['most_trials_at_once']} ran at once; "
         f"devices {summary['devices']}; precisions {summary['precisions']}; nvidia-smi memory.used max "
