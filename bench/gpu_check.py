@@ -181,8 +181,8 @@ def step_time(base: BalmConfig, groups: list[int], steps: int, warmup: int) -> l
                     "batch_groups": k,
                     "samples_per_step": k * config.batch_size,
                     "median_ms": 1000 * median,
-                    "p10_ms": 1000 * statistics.quantiles(seconds, n=10)[0],
-                    "p90_ms": 1000 * statistics.quantiles(seconds, n=10)[-1],
+                    "p10_ms": 1000 * statistics.quantiles(seconds, n=10, method="inclusive")[0],
+                    "p90_ms": 1000 * statistics.quantiles(seconds, n=10, method="inclusive")[-1],
                     "samples_per_s": k * config.batch_size / median,
                     "peak_mib": peak_bytes(trainer.device) / 2**20,
                     "steps": steps,
@@ -406,7 +406,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8], help="trials packed at once in step 3")
     p.add_argument("--pack-steps", type=int, default=40, help="timed steps per packed process (default 40)")
     p.add_argument("--pack-timeout", type=float, default=120, help="seconds one packing round may take")
-    p.add_argument("--fit-batches", type=int, default=100, help="training batches of the short fit (default 100)")
+    p.add_argument("--fit-batches", type=int, default=200, help="training batches of the short fit (default 200)")
     p.add_argument("--skip", nargs="*", default=[], choices=["step", "fit", "pack"], help="steps to leave out")
     p.add_argument("--out", help="folder for gpu_check.json (e.g. $OUT)")
     p.add_argument("--pack-worker", help=argparse.SUPPRESS)
