@@ -1,7 +1,9 @@
 """One-command GPU check of the CUDA path (issue 6): bf16 autocast vs fp32, trials packed on one GPU,
 measured memory, and (bench/gpu_search_check.py) the real search through Ray with --gpus-per-trial auto.
 
-Run from the repository root on a machine with one GPU (the device command is in the lead's notes):
+Run from the repository root on a machine with one GPU and the project installed (an offline machine
+without Ray/Optuna: `bash bench/gpu_bundle.sh` builds .gpu/, the wheels and a stripped Ray to carry there;
+unpack them into a folder on PYTHONPATH). Figures of a run on an H200: README.md, "Run on a Ray cluster".
 
     python bench/gpu_check.py --out $OUT                  # steps 1-3 on cuda, paper shape (~3 minutes)
     python bench/gpu_check.py --device cpu --quick        # CPU smoke run of the same logic, tiny shapes

@@ -27,7 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-PROBE = re.compile(r"--gpus-per-trial auto: probe trial peaked at ([\d.]+) GiB of ([\d.]+) GiB: (\d+) trials per GPU")
+from gpu_check import gpu_memory_used_mib  # bench/ is the script's folder, first on sys.path
+
+PROBE = re.compile(r"--gpus-per-trial auto: a probe trial held ([\d.]+) GiB of ([\d.]+) GiB: (\d+) trials per GPU")
 TINY = ["backbone=tiny-gpt2", "seq_len=192", "llm_layers=2", "d_model=16", "d_ff=32", "batch_size=8"]
 
 
@@ -75,17 +77,10 @@ class MemorySampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(1.0):
-            try:
-                text = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=10,
-                    check=True,
-                ).stdout
-                self.used.append(float(text.split()[0]))
-            except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            used = gpu_memory_used_mib()
+            if used is None:
                 return
+            self.used.append(used)
 
 
 def kill_group(process: subprocess.Popen, summary: dict, timeout: float) -> None:
@@ -140,7 +135,7 @@ def run_search(out: Path, trials: int, batches: int, timeout: float, quick: bool
     probe = next((m for m in map(PROBE.search, lines) if m), None)
     summary["probe_line"] = probe.group(0) if probe else None
     summary["ray_line"] = next((line for line in lines if line.startswith("Ray: ")), None)  # trials at once
-    summary["probe_peak_gib"] = float(probe.group(1)) if probe else None
+    summary["probe_held_gib"] = float(probe.group(1)) if probe else None
     summary["trials_per_gpu"] = int(probe.group(3)) if probe else None
     rows = trial_results(storage / name)
     keys = ("device", "precision", "cuda_visible_devices", "best_val_mse", "epoch", "time_total_s", "node_id")
