@@ -35,12 +35,15 @@ from balm_tune.cluster import Cluster  # noqa: E402
 from balm_tune.optuna_search import JOURNAL, close_study, finished_trials  # noqa: E402
 from balm_tune.outcome import Outcome  # noqa: E402
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space  # noqa: E402
-from balm_tune.storage import Location, open_location, writable_folder  # noqa: E402
+from balm_tune.storage import Location, open_location  # noqa: E402
 from balm_tune.trackers import Trackers  # noqa: E402
 from balm_tune.tuner import WarmStart  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
-from core.paths import check_name  # noqa: E402
+from core.paths import (
+    check_name,  # noqa: E402
+    writable_folder,  # noqa: E402
+)
 from core.train import preflight  # noqa: E402
 
 SPACE_COPY = "search_space.yaml"
@@ -211,7 +214,6 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     `interrupted`; `--resume` continues. The winner's checkpoint is loaded before any file is replaced.
     """
     check_final_seeds(final_seeds)
-    import pandas as pd
     import ray
 
     from balm_tune.cluster import auto_gpus_per_trial, init_ray
@@ -280,11 +282,11 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
-        if any(r["outcome"] is Outcome.INTERRUPTED for r in rows):  # the study's trials stay open for --resume
-            return SearchResult(experiment, pd.DataFrame(rows), {"trials": len(rows)}, interrupted=True)
+        if any(r.outcome is Outcome.INTERRUPTED for r in rows):  # the study's trials stay open for --resume
+            return SearchResult(experiment, leaderboard_frame(rows), {"trials": len(rows)}, interrupted=True)
         paths["study"] = experiment / JOURNAL
         close_study(paths["study"], experiment.name)
-        winners = [r for r in rows if r["outcome"] is not Outcome.FAILED and r["checkpoint"]]
+        winners = [r for r in rows if r.outcome is not Outcome.FAILED and r.checkpoint]
         if winners:
             verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
         write_leaderboard(rows, paths["leaderboard"], baseline_rows(baselines))
@@ -293,7 +295,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             "experiment": location.uri,
             "results": str(experiment),
             "trials": len(rows),
-            "outcomes": dict(Counter(r["status"] for r in rows)),
+            "outcomes": dict(Counter(r.status for r in rows)),
             "strategy": {"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
             "study": {"journal": str(paths["study"]), "name": experiment.name},
             "warm_start": {"from": plan.warm_start.source, "trials": len(plan.warm_start.trials)}
@@ -301,8 +303,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             else None,
             "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
             "built_in_trials": {
-                "backbone_loads": sum(r["backbone_loads"] for r in rows),
-                "prompt_builds": sum(r["prompt_builds"] for r in rows),
+                "backbone_loads": sum(r.backbone_loads for r in rows),
+                "prompt_builds": sum(r.prompt_builds for r in rows),
             },
             "windows": {
                 "val": baselines["linear"]["val"]["windows"],
@@ -322,32 +324,32 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             paths["report"] = write_report(experiment, location).index
             return SearchResult(experiment, table, summary, paths=paths, baselines=baseline_table)
         best = winners[0]
-        config = shared.trial_config(best["params"])
+        config = shared.trial_config(best.params)
         provenance = {
             **versions(),
-            "device": best["device"],
-            "precision": best["precision"],
+            "device": best.device,
+            "precision": best.precision,
             "seed": config.seed,
             "data_file": data.path.name,
             "data_sha256": data.sha256,
         }
         paths["best_config"], paths["best_checkpoint"] = export_winner(best, config, provenance, experiment)
         evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
-        test = ray.get(evaluate.remote(shared, best["params"], best["checkpoint"]))
+        test = ray.get(evaluate.remote(shared, best.params, best.checkpoint))
         summary.update(
             winner={
-                **{k: best[k] for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
+                **{k: getattr(best, k) for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
                 "val_windows": summary["windows"]["val"],
             },
-            params=best["params"],
+            params=best.params,
             test=test,
             provenance=provenance,
         )
         for scores in baselines.values():
-            scores["winner_beats_on_val"] = best["best_val_mse"] < scores["val"]["mse"]
+            scores["winner_beats_on_val"] = best.best_val_mse < scores["val"]["mse"]
             scores["winner_beats_on_test"] = test["test_mse"] < scores["test"]["mse"]
         if final_seeds:
-            runs = run_final_seeds(space, shared, location, best["params"], final_seeds, concurrent)
+            runs = run_final_seeds(space, shared, location, best.params, final_seeds, concurrent)
             summary["final_seeds"] = {
                 "runs": runs,
                 **{

@@ -124,10 +124,8 @@ def local_cluster() -> Cluster:
 
 def auto_gpus_per_trial(cluster: Cluster, shared) -> float:
     """`--gpus-per-trial auto`: 0 on a cluster without GPUs (one trial per --cpus-per-trial); else the
-    GPU fraction that packs as many trials per GPU as a probe trial's peak memory allows with headroom.
-
-    The GPU branch (`trainable.probe_gpu_memory`) has not been measured on a GPU yet.
-    """
+    GPU fraction that packs as many trials per GPU as a probe trial's memory allows with headroom.
+    The probe runs in a worker of its own that exits after it (max_calls=1), freeing its GPU."""
     import ray
 
     from balm_tune.trainable import probe_gpu_memory
@@ -135,11 +133,11 @@ def auto_gpus_per_trial(cluster: Cluster, shared) -> float:
     if not cluster.has_gpus:
         return 0.0
     cpus = shared.space.cpus_per_trial
-    probe = ray.remote(num_cpus=cpus, num_gpus=1)(probe_gpu_memory)
-    peak, total = ray.get(probe.remote(shared))
-    per_gpu = max(1, math.floor(GPU_HEADROOM * total / max(peak, 1)))
+    probe = ray.remote(num_cpus=cpus, num_gpus=1, max_calls=1)(probe_gpu_memory)
+    held, total = ray.get(probe.remote(shared))
+    per_gpu = max(1, math.floor(GPU_HEADROOM * total / max(held, 1)))
     print(
-        f"--gpus-per-trial auto: probe trial peaked at {peak / 2**30:.2f} GiB of {total / 2**30:.1f} GiB: "
+        f"--gpus-per-trial auto: a probe trial held {held / 2**30:.2f} GiB of {total / 2**30:.1f} GiB: "
         f"{per_gpu} trials per GPU",
         flush=True,
     )

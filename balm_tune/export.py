@@ -7,7 +7,9 @@ import io
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ray.tune import ResultGrid
 
@@ -25,9 +27,60 @@ class ExportError(BalmError):
     """The winner cannot be exported; the earlier exported files are left as they were."""
 
 
-def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
-    """One row per trial (params, best val MSE/MAE, epochs, outcome), best first; failed trials last.
-    `outcome` is an Outcome; `status` its label for this scheduler ('pruned by asha', ...)."""
+@dataclass
+class TrialRow:
+    """A trial's line of the leaderboard (leaderboard.csv's `kind: trial` rows)."""
+
+    trial_id: str
+    status: str  # the outcome's label for this scheduler: 'finished', 'pruned by asha', ...
+    outcome: Outcome
+    reason: str
+    params: dict[str, Any]  # the searched keys' values
+    best_val_mse: float  # inf for a failed trial
+    best_val_mae: float
+    epochs_run: int
+    node_id: str
+    device: str
+    precision: str
+    backbone_loads: int  # in the trial's process: 0 when the shared inputs were used, as intended
+    prompt_builds: int
+    checkpoint: Any  # a ray.tune.Checkpoint on the experiment's storage, or None
+    kind: ClassVar[str] = "trial"
+
+    def columns(self) -> dict[str, Any]:
+        """The leaderboard.csv columns of this row."""
+        return {
+            "kind": self.kind,
+            **{k: getattr(self, k) for k in ("trial_id", "status", "outcome", "reason")},
+            **self.params,
+            **{k: getattr(self, k) for k in ("best_val_mse", "best_val_mae", "epochs_run", "node_id", "device")},
+            "precision": self.precision,
+        }
+
+
+@dataclass
+class BaselineRow:
+    """A baseline's line of the leaderboard, scored on the trials' validation windows."""
+
+    name: str
+    description: str
+    best_val_mse: float
+    best_val_mae: float
+    kind: ClassVar[str] = "baseline"
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "trial_id": self.name,
+            "status": "baseline",
+            "reason": self.description,
+            "best_val_mse": self.best_val_mse,
+            "best_val_mae": self.best_val_mae,
+        }
+
+
+def leaderboard(results: ResultGrid, space: SearchSpace) -> list[TrialRow]:
+    """One row per trial, best first; failed trials last."""
     rows = []
     for result, ended in zip(results, _ended(results), strict=True):
         metrics = result.metrics or {}
@@ -40,26 +93,24 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[dict]:
         )
         failed = outcome is Outcome.FAILED
         rows.append(
-            {
-                "kind": "trial",
-                "trial_id": metrics.get("trial_id", Path(result.path).name),
-                "status": outcome.label(space.scheduler.type),
-                "outcome": outcome,
-                "reason": reason,
-                **{k: result.config.get(k) for k in space.search},
-                "best_val_mse": math.inf if failed else metrics.get("best_val_mse", math.inf),
-                "best_val_mae": math.inf if failed else metrics.get("best_val_mae", math.inf),
-                "epochs_run": metrics.get("epoch", 0),
-                "node_id": metrics.get("node_id", ""),
-                "device": metrics.get("device", ""),
-                "backbone_loads": metrics.get("backbone_loads", 0),
-                "prompt_builds": metrics.get("prompt_builds", 0),
-                "precision": metrics.get("precision", ""),
-                "checkpoint": result.checkpoint,  # a ray.tune.Checkpoint on the experiment's storage, or None
-                "params": {k: _plain(result.config[k]) for k in space.search if k in result.config},
-            }
+            TrialRow(
+                trial_id=metrics.get("trial_id", Path(result.path).name),
+                status=outcome.label(space.scheduler.type),
+                outcome=outcome,
+                reason=reason,
+                params={k: _plain(result.config[k]) for k in space.search if k in result.config},
+                best_val_mse=math.inf if failed else metrics.get("best_val_mse", math.inf),
+                best_val_mae=math.inf if failed else metrics.get("best_val_mae", math.inf),
+                epochs_run=metrics.get("epoch", 0),
+                node_id=metrics.get("node_id", ""),
+                device=metrics.get("device", ""),
+                precision=metrics.get("precision", ""),
+                backbone_loads=metrics.get("backbone_loads", 0),
+                prompt_builds=metrics.get("prompt_builds", 0),
+                checkpoint=result.checkpoint,
+            )
         )
-    return sorted(rows, key=lambda r: (r["outcome"] is Outcome.FAILED, r["best_val_mse"]))
+    return sorted(rows, key=lambda r: (r.outcome is Outcome.FAILED, r.best_val_mse))
 
 
 def _ended(results: ResultGrid) -> list[bool]:
@@ -73,56 +124,53 @@ def _ended(results: ResultGrid) -> list[bool]:
     return [saved.get(result.path) in ("TERMINATED", "ERROR") for result in results]
 
 
-def baseline_rows(baselines: dict[str, dict]) -> list[dict]:
-    """Leaderboard rows (kind 'baseline') of the baselines, scored on the trials' validation windows."""
+def baseline_rows(baselines: dict[str, dict]) -> list[BaselineRow]:
+    """Leaderboard rows of the baselines, scored on the trials' validation windows."""
     return [
-        {
-            "kind": "baseline",
-            "trial_id": name,
-            "status": "baseline",
-            "reason": BASELINES[name],
-            "best_val_mse": scores["val"]["mse"],
-            "best_val_mae": scores["val"]["mae"],
-        }
+        BaselineRow(name, BASELINES[name], scores["val"]["mse"], scores["val"]["mae"])
         for name, scores in baselines.items()
     ]
 
 
-def write_leaderboard(rows: list[dict], path: Path, baselines: list[dict] = ()) -> None:
+Row = TrialRow | BaselineRow
+
+
+def write_leaderboard(rows: list[TrialRow], path: Path, baselines: list[BaselineRow] = ()) -> None:
     """Trials best first, then the baseline rows (column `kind`: trial | baseline); written atomically."""
-    _write_atomic(path, _csv_text(rows, [*rows, *baselines]).encode())
+    _write_atomic(path, _csv_text([*rows, *baselines]).encode())
 
 
-def leaderboard_frame(rows: list[dict]):
+def leaderboard_frame(rows: list[Row]):
     """Rows as pandas reads them from leaderboard.csv (the same columns and types, ids kept as text)."""
     import pandas as pd
 
-    return pd.read_csv(io.StringIO(_csv_text(rows, rows)), dtype={"trial_id": str})
+    return pd.read_csv(io.StringIO(_csv_text(rows)), dtype={"trial_id": str})
 
 
-def _csv_text(header_rows: list[dict], rows: list[dict]) -> str:
-    fields = [k for k in header_rows[0] if k not in ("params", "checkpoint", "backbone_loads", "prompt_builds")]
+def _csv_text(rows: list[Row]) -> str:
+    """The columns of the first row (trial rows have them all) for every row."""
+    columns = [row.columns() for row in rows]
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(text, fieldnames=list(columns[0]) if columns else ["kind"])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(columns)
     return text.getvalue()
 
 
-def verify_checkpoint(winner: dict) -> None:
+def verify_checkpoint(winner: TrialRow) -> None:
     """The winner's checkpoint loads (weights only) and holds weights and config, else ExportError."""
     import torch
 
-    path = f"{winner['checkpoint'].path}/{CHECKPOINT_FILE}"
+    path = f"{winner.checkpoint.path}/{CHECKPOINT_FILE}"
     try:
-        with winner["checkpoint"].as_directory() as checkpoint:
+        with winner.checkpoint.as_directory() as checkpoint:
             state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         missing = {"model", "best_model", "config"} - set(state)
     except Exception as err:  # noqa: BLE001 - truncated, corrupt or missing: all mean "cannot export"
         missing = (str(err).splitlines() or [type(err).__name__])[0][:200]
     if missing:
         raise ExportError(
-            f"checkpoint {path} of the winning trial {winner['trial_id']} cannot be loaded ({missing}); "
+            f"checkpoint {path} of the winning trial {winner.trial_id} cannot be loaded ({missing}); "
             "nothing exported, the experiment's earlier results are left as they were"
         )
 
@@ -133,21 +181,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def export_winner(winner: dict, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
+def export_winner(winner: TrialRow, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
     """Write best_config.yaml (a full core config with provenance) and copy the winner's checkpoint
     (from the experiment's storage, local or remote) into `folder`."""
     config.extras = {
-        "search": {
-            "trial_id": winner["trial_id"],
-            "best_val_mse": winner["best_val_mse"],
-            "best_val_mae": winner["best_val_mae"],
-            "epochs_run": winner["epochs_run"],
-        },
+        "search": {k: getattr(winner, k) for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
         **provenance,
     }
     config_path, checkpoint_path = folder / "best_config.yaml", folder / "best_checkpoint.pt"
     tmp = checkpoint_path.with_name(f".{checkpoint_path.name}.tmp")
-    with winner["checkpoint"].as_directory() as checkpoint:
+    with winner.checkpoint.as_directory() as checkpoint:
         shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, tmp)
     config.save(config_path)
     tmp.replace(checkpoint_path)  # atomic: the old checkpoint until the new one is complete

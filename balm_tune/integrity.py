@@ -19,7 +19,6 @@ import json
 import os
 import re
 import secrets
-import time
 
 import pyarrow.fs as pafs
 from ray import tune
@@ -32,6 +31,7 @@ DIGESTS = "integrity.json"
 KEY_FILE = "experiment.key"
 # what Ray unpickles on restore: any *.pkl, and its *state*.json files (cloudpickle inside)
 PICKLED = re.compile(r"(^|/)[^/]+\.pkl$|^[^/]*state[^/]*\.json$")
+KEEP = 4  # digests kept per file: its versions of the last few checkpoints
 HINT = "resume only folders your own searches wrote, or pass --trust-experiment if you trust its origin"
 
 
@@ -63,19 +63,36 @@ def _digest(key: bytes, relative: str, data: bytes) -> str:
     return hmac.new(key, relative.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
 
-def seal(experiment: Location, staging: Location | None = None) -> None:
-    """Sign every pickled file of `experiment` now (rewrites integrity.json atomically). `staging`: the
-    driver's local copy that Ray uploads to `experiment` in the background; its versions are signed too,
-    so that a driver killed right after an upload leaves a resumable experiment."""
-    key, files = secret_key(), {}
-    for folder in (experiment, staging) if staging else (experiment,):
-        for relative in pickled_files(folder):
-            try:
-                digest = _digest(key, relative, folder.child(relative).read_bytes())
-            except FileNotFoundError:  # Ray deleted an old checkpoint meanwhile
-                continue
-            files.setdefault(relative, []).append(digest)
+def digests(folder: Location) -> dict[str, str]:
+    """This user's HMAC of each pickled file of `folder`, by relative path."""
+    key, found = secret_key(), {}
+    for relative in pickled_files(folder):
+        try:
+            found[relative] = _digest(key, relative, folder.child(relative).read_bytes())
+        except FileNotFoundError:  # Ray deleted an old checkpoint meanwhile
+            continue
+    return found
+
+
+def signed_with(signed: dict[str, list[str]], *found: dict[str, str]) -> dict[str, list[str]]:
+    """`signed` plus the digests `found`; the last KEEP per file stay valid (an upload launched earlier
+    may land later)."""
+    files = {relative: list(kept) for relative, kept in signed.items()}
+    for digests_found in found:
+        for relative, digest in digests_found.items():
+            kept = files.setdefault(relative, [])
+            if digest not in kept:
+                files[relative] = [*kept, digest][-KEEP:]
+    return files
+
+
+def write_digests(experiment: Location, files: dict[str, list[str]]) -> None:
     experiment.child(DIGESTS).write_bytes(json.dumps({"algorithm": "hmac-sha256", "files": files}, indent=1).encode())
+
+
+def seal(experiment: Location) -> None:
+    """Sign every pickled file of `experiment` as it is now (rewrites integrity.json atomically)."""
+    write_digests(experiment, signed_with({}, digests(experiment)))
 
 
 def verify(experiment: Location) -> None:
@@ -100,39 +117,50 @@ def verify(experiment: Location) -> None:
 
 
 class Sealer(tune.Callback):
-    """Re-signs the experiment's pickles (at most once per `every_s`) whenever Ray has rewritten them,
-    so that a search killed at any moment can still be resumed."""
+    """Signs the experiment's pickles each time Ray saves them, before Ray uploads them, so that a
+    search killed at any moment leaves only signed files behind and can still be resumed.
 
-    def __init__(self, every_s: float = 2.0):
-        self.every_s = every_s
-        self.seen, self.staged, self.checked = None, None, 0.0
+    Ray's experiment checkpoint writes the trials' state and the searcher's into the driver's staging
+    folder, then asks the callbacks for their state (`get_state`, the hook used here), then launches
+    the upload of the staging folder to the experiment. Every upload follows such a save. (An upload
+    still running at the next save, i.e. one slower than Ray's checkpoint period of 10 s or more, can
+    read a file in the milliseconds between Ray rewriting it and this signing it: a driver killed in
+    that instant leaves a file that --resume refuses unless --trust-experiment is given.)"""
 
-    def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        if trials:  # the driver's staging copy each step (local, cheap; Ray wrote it just before this call)
-            self.refresh(trials[0].storage, full=time.monotonic() - self.checked >= self.every_s)
+    def __init__(self):
+        self.trials, self.stamps, self.uploaded, self.signed = [], None, {}, {}
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        self.trials = trials  # the controller's own list: trials it adds later in this step are in it
+
+    def get_state(self) -> None:
+        self.refresh()
+        return None  # no state of its own: Ray writes no callback-state file for it
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        if trials:
-            self.refresh(trials[0].storage, full=True)
+        self.trials = trials
+        self.refresh()
 
-    def refresh(self, storage, full: bool) -> None:
-        """`storage`: a trial's ray.train StorageContext (experiment path, filesystem, staging folder)."""
+    def refresh(self) -> None:
+        """Sign the staging folder's files (local: read every time) and the experiment's (read again
+        only when its listing changed), and rewrite integrity.json if a digest is new."""
+        if not self.trials:
+            return  # nothing to restore yet
+        storage = self.trials[0].storage  # the experiment's ray.train StorageContext
         path = storage.experiment_fs_path.rstrip("/")
         folder = Location(path, storage.storage_filesystem, path)
         staging_path = str(storage.experiment_driver_staging_path).rstrip("/")
-        staging = Location(staging_path, pafs.LocalFileSystem(), staging_path)
-        staged = _stamp(staging)
-        if full:
-            self.checked = time.monotonic()
-            seen = _stamp(folder)
-        else:
-            seen = self.seen
-        if staged != self.staged or seen != self.seen:
-            seal(folder, staging)
-            self.staged, self.seen = staged, seen
+        staged = digests(Location(staging_path, pafs.LocalFileSystem(), staging_path))
+        stamps = _stamp(folder)
+        if stamps != self.stamps:
+            self.uploaded, self.stamps = digests(folder), stamps
+        files = signed_with(self.signed, self.uploaded, staged)
+        if files != self.signed:
+            write_digests(folder, files)
+            self.signed = files
 
-    def __getstate__(self) -> dict:
-        return {"every_s": self.every_s, "seen": None, "staged": None, "checked": 0.0}
+    def __getstate__(self) -> dict:  # pickled into tuner.pkl: nothing of this run travels
+        return {"trials": [], "stamps": None, "uploaded": {}, "signed": {}}
 
 
 def _stamp(folder: Location) -> list[tuple]:

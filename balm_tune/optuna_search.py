@@ -40,6 +40,7 @@ from balm_tune.strategies import STUDY_OPTIONS
 JOURNAL = "optuna.journal"
 RAY_TRIAL_ID = "ray_trial_id"
 WARM_START = "warm_start_from"
+LOST = "lost"  # asked just before the driver was killed, never recorded by Tune
 
 
 def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
@@ -70,6 +71,7 @@ class StudySearch(Searcher):
         *,
         max_epochs: int,
         patience: int,
+        num_samples: int | None = None,
         metric: str = "best_val_mse",
         intermediate: str = "val_mse",
         pruned_trials: str = "pruned",
@@ -81,7 +83,7 @@ class StudySearch(Searcher):
         if pruned_trials not in STUDY_OPTIONS["pruned_trials"]:
             raise ValueError(f"pruned_trials: got {pruned_trials!r}, expected one of {STUDY_OPTIONS['pruned_trials']}")
         self.journal, self.study_name, self.sampler = Path(journal), study_name, sampler
-        self.max_epochs, self.patience = max_epochs, patience
+        self.max_epochs, self.patience, self.num_samples = max_epochs, patience, num_samples
         self.intermediate, self.pruned_trials = intermediate, pruned_trials
         self.points_to_evaluate, self.seed_trials = list(points_to_evaluate), list(seed_trials)
         self.seed_source = seed_source
@@ -113,8 +115,10 @@ class StudySearch(Searcher):
             self._study = study
         return self._study
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
         if trial_id not in self._ids:
+            if self.num_samples is not None and self._asked() >= self.num_samples:
+                return Searcher.FINISHED  # Tune's own count can lag after a --resume (see `_asked`)
             trial = self.study.ask(fixed_distributions=self._space)
             trial.set_user_attr(RAY_TRIAL_ID, trial_id)
             # the storage id (Optuna's Trial(study, id) handle after a restore); the number is not enough
@@ -142,6 +146,14 @@ class StudySearch(Searcher):
         for table in (self._ids, self._steps, self._trials):
             table.pop(trial_id, None)
 
+    def adopt_open_trials(self) -> None:
+        """Take the study's RUNNING trials that carry a Tune id as this searcher's own (after a restore
+        where no searcher snapshot holds them)."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial_id = trial.user_attrs.get(RAY_TRIAL_ID)
+            if trial_id and trial_id not in self._ids:
+                self._ids[trial_id], self._steps[trial_id] = trial._trial_id, set(trial.intermediate_values)
+
     # --- Tune's searcher snapshot: the mapping and the space; the study is the journal file --------------
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_study": None, "_trials": {}}
@@ -156,8 +168,21 @@ class StudySearch(Searcher):
         # Tune.restore does not call set_search_properties again: the space comes back from here
         self._ids, self._steps, self._space = state["ids"], state["steps"], state["space"]
         self._trials = {}
+        # the sampler comes back from tuner.pkl as it was built: with its seed's first draws still to come,
+        # it would propose the first configurations of the interrupted search again
+        self.sampler.reseed_rng()
 
     # --- helpers --------------------------------------------------------------------------------------
+    def _asked(self) -> int:
+        """Trials this experiment has asked the study for, lost ones not counted. The study is the budget's
+        record: after a driver is killed while Ray uploads its state, the experiment state in the storage
+        can list more trials than Ray's saved trial counter, and Ray alone would then run extra trials."""
+        return sum(
+            1
+            for t in self.study.get_trials(deepcopy=False)
+            if RAY_TRIAL_ID in t.user_attrs and not t.user_attrs.get(LOST)
+        )
+
     def _trial(self, trial_id: str) -> optuna.Trial:
         if trial_id not in self._trials:
             self._trials[trial_id] = optuna.Trial(self.study, self._ids[trial_id])
@@ -212,13 +237,39 @@ def finished_trials(journal: Path, name: str) -> list[FrozenTrial]:
 def close_study(journal: Path, name: str) -> int:
     """Mark trials still RUNNING after the search as FAIL (asked just before the driver was killed, never
     recorded by Tune); returns how many."""
-    if not journal.is_file() or name not in optuna.get_all_study_names(_storage(journal)):
-        return 0  # no study under this name (e.g. an experiment folder copied under another name)
-    study = open_study(journal, name)
+    study = _existing_study(journal, name)
+    if study is None:
+        return 0
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
         study.tell(trial.number, state=TrialState.FAIL)
     return len(running)
+
+
+def forget_lost_trials(journal: Path, name: str, recorded: set[str]) -> int:
+    """Before a --resume: mark the study's RUNNING trials whose Tune id the experiment state does not
+    record (asked just before the driver was killed) FAIL and lost, so the resumed search neither
+    waits for them nor counts them against num_samples; returns how many."""
+    study = _existing_study(journal, name)
+    if study is None:
+        return 0
+    lost = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get(RAY_TRIAL_ID) not in recorded
+    ]
+    for trial in lost:
+        optuna.Trial(study, trial._trial_id).set_user_attr(LOST, True)
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(lost)
+
+
+def _existing_study(journal: Path, name: str) -> optuna.Study | None:
+    """The study `name` in `journal`, or None (no file, or no study under this name: e.g. an experiment
+    folder copied under another name)."""
+    if not journal.is_file() or name not in optuna.get_all_study_names(_storage(journal)):
+        return None
+    return open_study(journal, name)
 
 
 def _contains(distribution: BaseDistribution, value: Any) -> bool:
@@ -240,7 +291,10 @@ class StudyRecorder(Callback):
         self.searcher, self.param_space = searcher, param_space
 
     def setup(self, **info) -> None:
+        """Opens the study; on --resume its open trials (with their Tune ids and reported epochs) are
+        taken from the study itself, so this callback keeps no state of its own in Ray's snapshot."""
         self.searcher.set_search_properties(self.searcher.metric, "min", self.param_space)
+        self.searcher.adopt_open_trials()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         if trial.trial_id not in self.searcher._ids:  # not on a restart after a PBT exploit or a crash
@@ -255,12 +309,6 @@ class StudyRecorder(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self.searcher.on_trial_complete(trial.trial_id, error=True)
-
-    def get_state(self) -> dict:
-        return {"ids": self.searcher._ids, "steps": self.searcher._steps}
-
-    def set_state(self, state: dict) -> None:
-        self.searcher._ids, self.searcher._steps = state["ids"], state["steps"]
 
 
 def _plain(value: Any) -> Any:

@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _from_uri(uri: str, out: str) -> Report:
     """Fetch a remote experiment's inputs into <out>/<name>/, build the report there and upload it."""
-    from balm_tune.storage import open_location, writable_folder
+    from balm_tune.storage import open_location
+    from core.paths import writable_folder
 
     location = open_location(uri)
     if not location.child("leaderboard.csv").exists():

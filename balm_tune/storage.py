@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from core.errors import BalmError
+from core.paths import writable_folder
 
 
 class StorageError(BalmError, ValueError):
@@ -113,22 +114,11 @@ def is_uri(storage: str | Path) -> bool:
     return "://" in str(storage)
 
 
-def writable_folder(path: str | Path, flag: str = "--storage") -> Path:
-    """`path` made absolute, if it is (or can be created as) a folder this process may write; else StorageError."""
-    path = Path(path).expanduser().resolve()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise StorageError(f"{flag} {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise StorageError(f"{flag} {path}: {existing} is not writable")
-    return path
-
-
 def open_location(storage: str | Path) -> Location:
     """The location of `storage` (a URI, or a local folder made absolute); checks a URI's bucket exists
     and a local folder is writable."""
     if not is_uri(storage):
-        path = writable_folder(storage)
+        path = writable_folder(storage, "--storage")
         return Location(str(path), pafs.LocalFileSystem(), str(path))
     uri = str(storage)
     try:

@@ -150,8 +150,11 @@ def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Che
 
 
 def probe_gpu_memory(shared: SharedInputs) -> tuple[int, int]:
-    """(peak bytes allocated, GPU bytes) of one short trial at the space's largest settings (a Ray task
-    holding a whole GPU); `--gpus-per-trial auto` packs trials by it. Not yet measured on a GPU."""
+    """(bytes a trial holds on its GPU, GPU bytes) after one epoch of 3 training batches and one
+    validation batch at the space's largest settings (a Ray task holding a whole GPU, alone on it);
+    `--gpus-per-trial auto` packs trials by it. What the process holds (its CUDA context and the
+    allocator's cache included, read from the driver's free-memory figure) is counted, not only the
+    peak of live tensors, since packed trials are separate processes that each hold all of it."""
     import torch
 
     params = {k: max(d.extremes()) if d.kind != "choice" else d.values[0] for k, d in shared.space.search.items()}
@@ -160,5 +163,7 @@ def probe_gpu_memory(shared: SharedInputs) -> tuple[int, int]:
             params[key] = max(shared.space.search[key].values)
     trainer = shared.trainer({**params, "max_train_batches": 3, "max_eval_batches": 1})
     torch.cuda.reset_peak_memory_stats()
-    trainer.fit()
-    return torch.cuda.max_memory_allocated(), torch.cuda.get_device_properties(0).total_memory
+    trainer.train_epoch()
+    trainer.evaluate("val", max_batches=1)
+    free, total = torch.cuda.mem_get_info()
+    return max(total - free, torch.cuda.max_memory_reserved()), total

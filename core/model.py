@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Model
 
-from core.backbones import Backbone
+from core.backbones import ARCHITECTURES, Backbone
 from core.config import BalmConfig
 from core.prompts import normalise
 
 STD_EPS = 1e-8
-CAUSAL = ("GPT2Model", "LlamaModel")  # decoders whose prefix states do not depend on what follows
 # recent transformers renamed `past_key_values` to `cache` (argument and output)
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
@@ -137,7 +136,7 @@ class BalmModel(nn.Module):
             c.share_prefix
             and c.padding == "left"
             and not c.llm_dropout
-            and type(self.llm).__name__ in CAUSAL
+            and ARCHITECTURES[type(self.llm).__name__].causal
             and int(lengths.min()) >= self.prompt_len
         )
 

@@ -27,20 +27,13 @@ def check_name(name: str, flag: str = "--name") -> str:
     return name
 
 
-def check_output_folder(folder: str | Path, flag: str) -> None:
-    """The folder (or the nearest folder above it that exists) is a writable directory; creates nothing.
-
-    Remote storage URIs (`s3://...`) are left to the storage layer.
-    """
-    if "://" in str(folder):
-        return
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise PathError(f"{flag} {folder}: is a file, expected a folder")
-    existing = path.absolute()
-    while not existing.exists():
-        existing = existing.parent
+def writable_folder(folder: str | Path, flag: str) -> Path:
+    """`folder` made absolute, if it is (or can be created as) a folder this user may write: it, or the
+    nearest folder above it that exists, is a writable directory. Creates nothing."""
+    path = Path(folder).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        raise PathError(f"{flag} {folder}: {existing} is a file, expected a folder")
+        raise PathError(f"{flag} {path}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PathError(f"{flag} {folder}: {existing} is not writable by this user")
+        raise PathError(f"{flag} {path}: {existing} is not writable by this user")
+    return path

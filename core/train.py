@@ -26,7 +26,7 @@ from core.baselines import ErrorSum, Metrics, eval_index
 from core.config import BalmConfig, ConfigError
 from core.data import SPLITS, ForecastData, WindowSet, load_data
 from core.model import BalmModel
-from core.paths import check_output_folder
+from core.paths import writable_folder
 from core.prompts import PromptTokens, cached_prompt_tokens
 from core.schedules import Schedule
 
@@ -90,7 +90,7 @@ def preflight(
         check_device(config.device)
         check_threads(config.num_threads)
     if output is not None:
-        check_output_folder(*output)
+        writable_folder(*output)
     data = load_data(config)
     width, depth = backbone_shape(config.backbone)
     for c in (config, *variants):

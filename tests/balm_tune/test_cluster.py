@@ -126,13 +126,15 @@ def ray_nodes():
 @pytest.fixture(scope="module")
 def no_shared_disk(tmp_path_factory, s3_endpoint):
     """Two nodes; the second runs in a private mount namespace with a tmpfs over the test folder, so it
-    shares no disk with the driver, as two machines would. Both reach the S3 endpoint."""
+    shares no disk with the driver, as two machines would. Both reach the S3 endpoint. The head has no
+    CPU for trials (as cluster.yaml's head has no GPU): every trial and its checkpoints land on the
+    node that shares no disk."""
     if not _unshare_allowed():
         pytest.skip("needs root and `unshare -m` to start a node that shares no disk with the driver")
     folder = tmp_path_factory.mktemp("noshare")
     nodes = RayNodes(s3_endpoint)
     try:
-        nodes.start("--num-cpus=1")
+        nodes.start("--num-cpus=0")
         nodes.start("--num-cpus=1", private=(folder,))
         yield nodes, folder
     finally:
@@ -258,8 +260,12 @@ def test_half_a_gpu_per_trial_packs_two_trials_on_each_of_four_gpus(ray_nodes, t
     spans = [(r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"]) for r in trials]
     most_at_once = max(sum(begin <= t < end for begin, end in spans) for t, _ in spans)
     assert most_at_once > 4  # more trials at once than GPUs: fractions packed (8 on an idle machine)
-    gpus = [r[0]["cuda_visible_devices"] for r in trials]
-    assert sorted(gpus) == sorted(["0", "1", "2", "3"] * 2)  # two trials share each GPU
+    on_gpu = {}  # each GPU's trials' spans: Ray gives a freed half to the next trial, so count overlaps
+    for (begin, end), results in zip(spans, trials):
+        on_gpu.setdefault(results[0]["cuda_visible_devices"], []).append((begin, end))
+    assert set(on_gpu) <= {"0", "1", "2", "3"} and len(on_gpu) >= 3
+    sharing = [max(sum(b <= t < e for b, e in gpu) for t, _ in gpu) for gpu in on_gpu.values()]
+    assert max(sharing) == 2  # two trials at once on a GPU, never more
     assert {r[0]["device"] for r in trials} == {"cpu"}  # no CUDA here: the trials fall back to the CPU
 
 
@@ -312,10 +318,10 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     for file in ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json"):
         assert (out / file).is_file() and experiment.child(file).read_bytes() == (out / file).read_bytes(), file
     rows = [r for r in csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())) if r["kind"] == "trial"]
-    # known defect (2026-11-27): since the Optuna-native searcher, a resume from S3 may run one trial beyond
-    # num_samples (4 -> 5 seen once); the trials' count, not their results, is what is off
-    assert 4 <= len(rows) <= 5 and all(r["status"] != "failed" for r in rows)
-    assert len({r["node_id"] for r in rows}) == 2  # trials ran on both nodes
+    assert len(rows) == 4 and all(r["status"] != "failed" for r in rows)
+    assert len({r["node_id"] for r in rows}) == 1  # the node that shares no disk (the head has no CPU)
+    params = [tuple(r[k] for k in ("prompt_len", "contrastive_weight", "scale_factor", "learning_rate")) for r in rows]
+    assert len(set(params)) == 4  # the resumed sampler does not propose the interrupted search's configs again
     results = _s3_results(experiment)
     for name in before:
         if name.split("_")[2] in finished:  # finished before the kill: not trained again

@@ -1,11 +1,19 @@
 """An experiment folder is resumed only if this user's searches signed its pickles."""
 
+import io
+import json
+import os
 import pickle
 import stat
+import sys
+import time
+from pathlib import Path, PurePath
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
-from balm_tune.integrity import DIGESTS, IntegrityError, pickled_files, seal, secret_key, verify
+from balm_tune.integrity import DIGESTS, PICKLED, IntegrityError, _digest, pickled_files, seal, secret_key, verify
 from balm_tune.search import main as search_main
 from balm_tune.space import load_space
 from balm_tune.storage import open_location
@@ -114,3 +122,81 @@ def test_a_crafted_pickle_in_an_experiment_folder_is_not_executed_on_resume(cach
     assert search_main(resume) == 2
     assert "tuner.pkl was not written by this user's search" in capsys.readouterr().err
     assert not marker.exists()
+
+
+class SignedBeforeUpload(pafs.FSSpecHandler):
+    """The experiment's filesystem (a local folder) as Ray Tune uploads to it, checking each pickled file
+    as it lands: its digest must already be in integrity.json, or a driver killed at that moment would
+    leave a file --resume refuses."""
+
+    def __init__(self, experiment: Path):
+        import fsspec
+
+        super().__init__(fsspec.filesystem("file"))
+        self.experiment, self.uploads, self.unsigned = experiment, 0, []
+
+    def open_output_stream(self, path: str, metadata):
+        return pa.PythonFile(_Upload(path, self), mode="w")
+
+    def landed(self, path: str, data: bytes) -> None:
+        relative = PurePath(path).relative_to(self.experiment).as_posix()
+        if not PICKLED.search(relative) or "-tmp-" in relative:  # Ray's own temporary files are never read
+            return
+        self.uploads += relative.startswith("experiment_state-")
+        digests = json.loads((self.experiment / DIGESTS).read_text())["files"] if relative != "tuner.pkl" else {}
+        if relative != "tuner.pkl" and _digest(secret_key(), relative, data) not in digests.get(relative, []):
+            self.unsigned.append(relative)
+
+
+class _Upload(io.BytesIO):
+    """A file written whole at close (renamed into place), then checked."""
+
+    def __init__(self, path: str, handler: SignedBeforeUpload):
+        super().__init__()
+        self.path, self.handler = path, handler
+
+    def close(self) -> None:
+        if not self.closed:
+            Path(f"{self.path}.part").write_bytes(self.getvalue())
+            os.replace(f"{self.path}.part", self.path)
+            self.handler.landed(self.path, self.getvalue())
+        super().close()
+
+
+def _reports(config: dict) -> None:
+    from ray import tune
+
+    for step in range(4):
+        time.sleep(0.5)
+        tune.report({"loss": config["x"] / (step + 1)})
+
+
+def test_a_search_killed_after_any_upload_leaves_an_experiment_that_verifies(cache, tmp_path, monkeypatch):
+    import ray
+    from ray import cloudpickle, tune
+
+    from balm_tune.integrity import Sealer
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")  # Ray saves and uploads its state every second
+    experiment = tmp_path / "runs" / "e"
+    handler = SignedBeforeUpload(experiment)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    try:
+        tuner = tune.Tuner(
+            _reports,
+            param_space={"x": tune.grid_search([1.0, 2.0, 3.0])},
+            run_config=tune.RunConfig(
+                name="e",
+                storage_path=str(tmp_path / "runs"),
+                storage_filesystem=pafs.PyFileSystem(handler),
+                callbacks=[Sealer()],
+                verbose=0,
+            ),
+        )
+        assert not tuner.fit().errors
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.shutdown()
+    assert handler.uploads >= 3 and handler.unsigned == []
+    verify(open_location(experiment))

@@ -9,9 +9,18 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from balm_tune.api import run_search
-from balm_tune.optuna_search import JOURNAL, RAY_TRIAL_ID, WARM_START, StudySearch, open_study
+from balm_tune.optuna_search import (
+    JOURNAL,
+    LOST,
+    RAY_TRIAL_ID,
+    WARM_START,
+    StudySearch,
+    forget_lost_trials,
+    open_study,
+)
 from balm_tune.space import load_space
 from tests.conftest import write_tiny_space
 
@@ -203,6 +212,52 @@ def test_a_restored_searcher_keeps_its_space_and_neither_reseeds_nor_reenqueues(
     second = again.suggest("b")
     assert set(second) == set(point) and second != point and len(again.study.trials) == 2
     assert again.study.trials[0].intermediate_values == {1: 0.9}
+
+
+def test_a_restored_searcher_does_not_propose_the_interrupted_searchs_configurations_again(tmp_path):
+    import pickle
+
+    first = _searcher(tmp_path)
+    before = [first.suggest(trial_id) for trial_id in "ab"]
+    first.save(str(tmp_path / "searcher.pkl"))
+    unfit = StudySearch(tmp_path / JOURNAL, "s", optuna.samplers.RandomSampler(seed=0), max_epochs=4, patience=3)
+    again = pickle.loads(pickle.dumps(unfit))  # as tuner.pkl holds it: the sampler as built, seed 0
+    again.restore(str(tmp_path / "searcher.pkl"))
+    assert again.suggest("c") not in before
+
+
+def test_the_study_keeps_the_budget_and_trials_lost_at_a_kill_do_not_count(tmp_path):
+    import pickle
+
+    first = _searcher(tmp_path, num_samples=3)
+    assert all(first.suggest(t) for t in "abc") and first.suggest("d") == Searcher.FINISHED
+    first.save(str(tmp_path / "searcher.pkl"))
+    # the driver was killed after asking for c; the experiment state Ray saved records a and b only
+    assert forget_lost_trials(tmp_path / JOURNAL, "s", recorded={"a", "b"}) == 1
+    lost = first.study.trials[2]
+    assert lost.state == TrialState.FAIL and lost.user_attrs[LOST]
+    unfit = StudySearch(
+        tmp_path / JOURNAL, "s", optuna.samplers.RandomSampler(seed=0), max_epochs=4, patience=3, num_samples=3
+    )
+    again = pickle.loads(pickle.dumps(unfit))
+    again.restore(str(tmp_path / "searcher.pkl"))
+    # whatever trial count Ray restores, the study allows one more trial: 3 in all
+    assert isinstance(again.suggest("e"), dict) and again.suggest("f") == Searcher.FINISHED
+
+
+def test_a_searcher_without_a_snapshot_adopts_the_studys_open_trials_with_their_reported_epochs(tmp_path):
+    # PBT's StudyRecorder after --resume: Ray restores no state for it; the study in the journal has it all
+    first = _searcher(tmp_path)
+    first.suggest("a")
+    first.suggest("b")
+    first.on_trial_result("a", _epoch(1, 0.9, 0.9))
+    first.on_trial_complete("b", result=_epoch(4, 0.5, 0.5))
+    again = _searcher(tmp_path)
+    again.adopt_open_trials()
+    assert again._ids == {"a": first._ids["a"]} and again._steps == {"a": {1}}  # b is finished: not open
+    again.on_trial_result("a", _epoch(1, 0.9, 0.9))  # replayed epoch: not reported twice
+    again.on_trial_complete("a", result=_epoch(2, 0.8, 0.8))
+    assert len(again.study.trials) == 2 and again.study.trials[0].intermediate_values == {1: 0.9, 2: 0.8}
 
 
 @pytest.mark.parametrize("preset", sorted(Path("search_spaces").glob("paper_*.yaml")), ids=lambda p: p.stem)

@@ -5,6 +5,7 @@ import pytest
 from balm_tune.api import SPACE_COPY, prepare_search
 from balm_tune.space import SpaceError, load_space
 from balm_tune.storage import StorageError, open_location
+from core.paths import PathError
 from tests.conftest import write_tiny_space
 
 
@@ -48,7 +49,5 @@ def test_resume_reads_the_space_saved_at_a_uri_and_keeps_a_local_copy(s3_endpoin
 def test_a_storage_or_out_path_that_cannot_be_a_writable_folder_is_refused_up_front(tmp_path, flag):
     (tmp_path / "file").write_text("not a folder")
     space = write_tiny_space(tmp_path)
-    with pytest.raises(
-        StorageError, match=f"--{flag} {tmp_path / 'file' / 'runs'}: {tmp_path / 'file'} is not a folder"
-    ):
+    with pytest.raises(PathError, match=f"--{flag} {tmp_path / 'file' / 'runs'}: {tmp_path / 'file'} is not a folder"):
         prepare_search(space, name="x", **{flag: tmp_path / "file" / "runs"})

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.backbones import BackboneError, backbone_source, load_backbone
+from core.backbones import NAMED, BackboneError, backbone_shape, backbone_source, load_backbone
 
 
 @pytest.mark.parametrize(("name", "architecture"), [("tiny-gpt2", "GPT2Model"), ("tiny-bert", "BertModel")])
@@ -55,3 +55,23 @@ def test_switching_attention_reaches_every_block_of_a_cut_backbone():
         backbone.set_attention(implementation)
         seen = {m.config._attn_implementation for m in backbone.model.modules() if hasattr(m, "config")}
         assert seen == {implementation}
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMED) - {"gpt2"}))  # gpt2: the HF cache, absent offline
+def test_every_named_backbone_has_a_known_architecture_and_its_shape_is_read_without_weights(name):
+    width, depth = backbone_shape(name)
+    assert width > 0 and depth > 0
+
+
+def test_an_architecture_without_an_entry_is_a_one_line_error_before_any_weight_is_read(tmp_path):
+    from transformers import Qwen2Config
+
+    Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path
+    )  # a model folder holding only its config: nothing else is read before the check
+    for load in (backbone_shape, lambda name: load_backbone(name, 1)):
+        with pytest.raises(BackboneError) as err:
+            load(str(tmp_path))
+        message = str(err.value)
+        assert "architecture Qwen2Model is not supported" in message and "ARCHITECTURES" in message
+        assert "\n" not in message
