@@ -63,6 +63,11 @@ def write_report(experiment: str | Path, location: Location | None = None) -> Re
 
     space = load_space(experiment / SPACE_COPY)
     summary = _read_json(experiment / "summary.json")
+    if "windows" not in summary:
+        raise ReportError(
+            f"{experiment / 'summary.json'}: no window counts (missing, or written by an earlier balm_tune); "
+            "rerun the search to build its report"
+        )
     winner = summary.get("winner", {}).get("trial_id")
     folder = experiment / REPORT_DIR
     folder.mkdir(exist_ok=True)

@@ -25,7 +25,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, OneCycleLR
 
-from core.config import BalmConfig
+from core.config import BalmConfig, ConfigError
 
 COS_T_MAX, COS_ETA_MIN = 20, 1e-8  # run_main.py's CosineAnnealingLR
 ONE_CYCLE_DIV = 25.0  # OneCycleLR's default div_factor: the first rate is lr / 25
@@ -66,11 +66,13 @@ class Schedule:
         return {"name": self.name, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != self.name or "scheduler" not in state:
-            raise ValueError(
-                f"checkpoint schedule {state.get('name')!r} differs from lr_schedule {self.name!r} "
-                "(or was written before schedules were saved)"
+        if "scheduler" not in state:
+            raise ConfigError(
+                "the checkpoint holds no learning-rate schedule state (written by an earlier balm_tune); "
+                "train again to get a checkpoint this version can resume or evaluate"
             )
+        if state.get("name") != self.name:
+            raise ConfigError(f"checkpoint schedule {state.get('name')!r} differs from lr_schedule {self.name!r}")
         self.scheduler.load_state_dict(state["scheduler"])
 
 

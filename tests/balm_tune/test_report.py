@@ -11,14 +11,16 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from matplotlib.image import imread
 
 from balm_tune.api import run_search
 from balm_tune.forecasts import WINNER, rebuild_winner, winner_forecasts
 from balm_tune.importance import MIN_COMPLETE, STUDY_FILE
-from balm_tune.report import _cell, trial_curves, write_report
+from balm_tune.report import ReportError, _cell, trial_curves, write_report
 from core.baselines import BASELINES
+from core.config import ConfigError
 from core.data import DataError
 from tests.conftest import ETTH1, write_tiny_space
 
@@ -161,6 +163,21 @@ def test_a_changed_data_file_is_refused_before_the_model_is_built(search, tmp_pa
     with pytest.raises(
         DataError, match=r"ETTh1.csv: sha256 f18de3ad269c\.\.\. differs from the searched file's 000000000000"
     ):
+        rebuild_winner(copy)
+
+
+def test_an_experiment_of_an_earlier_version_gives_one_line_not_a_traceback(search, tmp_path):
+    copy = tmp_path / "older"
+    shutil.copytree(search.experiment, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    del summary["windows"]  # summary.json before window counts were recorded
+    (copy / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ReportError, match="summary.json: no window counts .* earlier balm_tune"):
+        write_report(copy)
+    checkpoint = torch.load(copy / "best_checkpoint.pt", weights_only=True)
+    del checkpoint["scheduler"]["scheduler"]  # a checkpoint before schedules were saved
+    torch.save(checkpoint, copy / "best_checkpoint.pt")
+    with pytest.raises(ConfigError, match="no learning-rate schedule state"):
         rebuild_winner(copy)
 
 

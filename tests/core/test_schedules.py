@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from core.config import BalmConfig
+from core.config import BalmConfig, ConfigError
 from core.schedules import Schedule
 
 LR = 1e-2
@@ -110,5 +110,7 @@ def test_a_restored_schedule_continues_where_it_stopped():
             s.after_step()
         assert restored.learning_rate == schedule.learning_rate
     other = dataclasses.replace(config, lr_schedule="type1")
-    with pytest.raises(ValueError, match="differs from lr_schedule"):
+    with pytest.raises(ConfigError, match="differs from lr_schedule"):
         Schedule(second, other, 5).load_state_dict(schedule.state_dict())
+    with pytest.raises(ConfigError, match="no learning-rate schedule state .written by an earlier balm_tune"):
+        restored.load_state_dict({"name": "tst"})  # a checkpoint from before schedules were saved
