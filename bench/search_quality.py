@@ -45,7 +45,7 @@ from balm_tune.outcome import Outcome
 from balm_tune.space import SearchSpace, load_space
 from balm_tune.storage import open_location
 from balm_tune.strategies import Strategy
-from balm_tune.trainable import SharedInputs, build_shared
+from balm_tune.trainable import CHECKPOINT_FILE, SharedInputs, build_shared
 from balm_tune.tuner import make_tuner
 from core.train import eval_index, preflight
 
@@ -114,17 +114,18 @@ def run_arm(
     results = make_tuner(space, shared, experiment, concurrent, False, folder / JOURNAL, verbose=0).fit()
     wall = time.perf_counter() - started
     rows = leaderboard(results, space)
-    epochs = sum(int(r["epochs_run"]) for r in rows)
-    early = sum(int(r["epochs_run"]) < space.max_epochs for r in rows)
+    epochs = sum(r.epochs_run for r in rows)
+    early = sum(r.epochs_run < space.max_epochs for r in rows)
     winner = rows[0]
-    if winner["outcome"] is Outcome.FAILED or not winner["checkpoint"]:
+    if winner.outcome is Outcome.FAILED or not winner.checkpoint:
         return ArmResult(math.inf, math.inf, epochs, len(rows), early, wall)
-    trainer = shared.trainer(winner["params"])
+    trainer = shared.trainer(winner.params)
     torch.set_num_threads(os.cpu_count() or 1)  # the driver is idle between searches: all cores for the test
-    trainer.load(winner["checkpoint"])
+    with winner.checkpoint.as_directory() as checkpoint:
+        trainer.load(Path(checkpoint) / CHECKPOINT_FILE)
     trainer.use_best_weights()
     test = trainer.evaluate("test", test_batches)
-    return ArmResult(winner["best_val_mse"], test.mse, epochs, len(rows), early, wall)
+    return ArmResult(winner.best_val_mse, test.mse, epochs, len(rows), early, wall)
 
 
 def repeat_last_test_mse(shared: SharedInputs, test_batches: int | None) -> float:
