@@ -4,6 +4,7 @@ file that optuna.load_study, optuna-dashboard and later searches (warm starts) r
 import dataclasses
 import json
 import math
+import pickle
 from pathlib import Path
 
 import optuna
@@ -190,24 +191,23 @@ def test_warm_start_trials_are_visible_to_the_sampler_before_the_first_new_trial
     assert [t.user_attrs[WARM_START] for t in seeded] == ["old#0", "old#1", "old#2"]
 
 
-def test_a_restored_searcher_keeps_its_space_and_neither_reseeds_nor_reenqueues(tmp_path):
-    import pickle
-
-    point = {"prompt_len": 4, "contrastive_weight": 1.0, "scale_factor": 1.0, "learning_rate": 0.002}
-    first = _searcher(tmp_path, points_to_evaluate=[point])
-    assert first.suggest("a") == point
+def _restored(first: StudySearch, tmp_path: Path, **options) -> StudySearch:
+    """Tuner.restore: `first`'s snapshot restored into the searcher as tuner.pkl holds it (built, with its
+    sampler's seed, before Tune gave it the space)."""
     first.save(str(tmp_path / "searcher.pkl"))
-    # Tuner.restore: the searcher as pickled in tuner.pkl (before Tune gave it the space), then restore()
     unfit = StudySearch(
-        tmp_path / JOURNAL,
-        "s",
-        optuna.samplers.RandomSampler(seed=0),
-        max_epochs=4,
-        patience=3,
-        points_to_evaluate=[point],
+        tmp_path / JOURNAL, "s", optuna.samplers.RandomSampler(seed=0), max_epochs=4, patience=3, **options
     )
     again = pickle.loads(pickle.dumps(unfit))
     again.restore(str(tmp_path / "searcher.pkl"))
+    return again
+
+
+def test_a_restored_searcher_keeps_its_space_and_neither_reseeds_nor_reenqueues(tmp_path):
+    point = {"prompt_len": 4, "contrastive_weight": 1.0, "scale_factor": 1.0, "learning_rate": 0.002}
+    first = _searcher(tmp_path, points_to_evaluate=[point])
+    assert first.suggest("a") == point
+    again = _restored(first, tmp_path, points_to_evaluate=[point])
     again.on_trial_result("a", _epoch(1, 0.9, 0.9))
     second = again.suggest("b")
     assert set(second) == set(point) and second != point and len(again.study.trials) == 2
@@ -215,32 +215,19 @@ def test_a_restored_searcher_keeps_its_space_and_neither_reseeds_nor_reenqueues(
 
 
 def test_a_restored_searcher_does_not_propose_the_interrupted_searchs_configurations_again(tmp_path):
-    import pickle
-
     first = _searcher(tmp_path)
     before = [first.suggest(trial_id) for trial_id in "ab"]
-    first.save(str(tmp_path / "searcher.pkl"))
-    unfit = StudySearch(tmp_path / JOURNAL, "s", optuna.samplers.RandomSampler(seed=0), max_epochs=4, patience=3)
-    again = pickle.loads(pickle.dumps(unfit))  # as tuner.pkl holds it: the sampler as built, seed 0
-    again.restore(str(tmp_path / "searcher.pkl"))
-    assert again.suggest("c") not in before
+    assert _restored(first, tmp_path).suggest("c") not in before  # its sampler was pickled as built, seed 0
 
 
 def test_the_study_keeps_the_budget_and_trials_lost_at_a_kill_do_not_count(tmp_path):
-    import pickle
-
     first = _searcher(tmp_path, num_samples=3)
     assert all(first.suggest(t) for t in "abc") and first.suggest("d") == Searcher.FINISHED
-    first.save(str(tmp_path / "searcher.pkl"))
     # the driver was killed after asking for c; the experiment state Ray saved records a and b only
     assert forget_lost_trials(tmp_path / JOURNAL, "s", recorded={"a", "b"}) == 1
     lost = first.study.trials[2]
     assert lost.state == TrialState.FAIL and lost.user_attrs[LOST]
-    unfit = StudySearch(
-        tmp_path / JOURNAL, "s", optuna.samplers.RandomSampler(seed=0), max_epochs=4, patience=3, num_samples=3
-    )
-    again = pickle.loads(pickle.dumps(unfit))
-    again.restore(str(tmp_path / "searcher.pkl"))
+    again = _restored(first, tmp_path, num_samples=3)
     # whatever trial count Ray restores, the study allows one more trial: 3 in all
     assert isinstance(again.suggest("e"), dict) and again.suggest("f") == Searcher.FINISHED
 
