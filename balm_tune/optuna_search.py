@@ -14,7 +14,9 @@ outcome is read from the trial's own metrics (`balm_tune.outcome.trial_outcome`)
   optuna-dashboard, `optuna.load_study` and `--resume` read it; each Optuna trial carries the Tune trial
   id as user attribute `ray_trial_id`;
 - configs to evaluate first are enqueued, and another study's finished trials can seed the sampler, both
-  only when the study is new (a resumed search neither repeats nor re-seeds them).
+  only when the study is new (a resumed search neither repeats nor re-seeds them);
+- after `--resume`, a trial the study closed after Tune's last snapshot is stopped at its first result
+  (`StudyStopper`): the study keeps what it recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
 from balm_tune.outcome import trial_outcome
 from balm_tune.strategies import STUDY_OPTIONS
@@ -153,6 +156,10 @@ class StudySearch(Searcher):
             trial_id = trial.user_attrs.get(RAY_TRIAL_ID)
             if trial_id and trial_id not in self._ids:
                 self._ids[trial_id], self._steps[trial_id] = trial._trial_id, set(trial.intermediate_values)
+
+    def recorded(self, trial_id: str) -> bool:
+        """The study holds an Optuna trial for this Tune trial."""
+        return any(t.user_attrs.get(RAY_TRIAL_ID) == trial_id for t in self.study.get_trials(deepcopy=False))
 
     # --- Tune's searcher snapshot: the mapping and the space; the study is the journal file --------------
     def __getstate__(self) -> dict:
@@ -282,6 +289,35 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+class StudyStopper(Stopper):
+    """Stops a Tune trial the study has already closed COMPLETE or PRUNED; with `last_epoch`, also every
+    trial at that epoch (PBT has no max_t).
+
+    Tune snapshots its trials every few seconds; the searcher tells the study at once. A driver killed in
+    between leaves a trial the study has closed that Tune's snapshot still holds as running: `--resume`
+    restores it from its checkpoint, and the restored scheduler, which starts with empty rungs, could let it
+    train to max_epochs. It is stopped at its first result instead; the study keeps what it recorded.
+    Trials the study marked FAIL are left alone (Tune resumes errored trials on purpose)."""
+
+    def __init__(self, journal: Path, study_name: str, last_epoch: int | None = None):
+        self.journal, self.study_name, self.last_epoch = Path(journal), study_name, last_epoch
+        self._study: optuna.Study | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if self.last_epoch is not None and result.get("epoch", 0) >= self.last_epoch:
+            return True
+        if self._study is None:
+            self._study = open_study(self.journal, self.study_name)
+        closed = self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return any(t.user_attrs.get(RAY_TRIAL_ID) == trial_id for t in closed)
+
+    def stop_all(self) -> bool:
+        return False
+
+    def __getstate__(self) -> dict:  # pickled into tuner.pkl; the study is reopened from the journal
+        return {**self.__dict__, "_study": None}
+
+
 class StudyRecorder(Callback):
     """Records a search that runs without a searcher (PBT: Ray allows none beside it) in the same kind of
     study: each Tune trial becomes an Optuna trial with its starting params (PBT may replace them later;
@@ -297,7 +333,8 @@ class StudyRecorder(Callback):
         self.searcher.adopt_open_trials()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        if trial.trial_id not in self.searcher._ids:  # not on a restart after a PBT exploit or a crash
+        # not on a restart after a PBT exploit or a crash, nor for a trial the study closed before a --resume
+        if trial.trial_id not in self.searcher._ids and not self.searcher.recorded(trial.trial_id):
             self.searcher.study.enqueue_trial({k: _plain(trial.config[k]) for k in self.param_space})
             self.searcher.suggest(trial.trial_id)
 

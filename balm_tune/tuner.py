@@ -7,11 +7,14 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
+
+if TYPE_CHECKING:
+    from ray.tune.stopper import Stopper
 
 METRIC = "best_val_mse"  # what every searcher and scheduler minimises
 SYNC_PERIOD_S = 10  # the driver's experiment state reaches remote storage at most this late (Ray's default: 300)
@@ -35,7 +38,7 @@ def build_tuner(
     search_alg=None,
     scheduler=None,
     callbacks: list | None = None,
-    stop: dict | None = None,
+    stop: Stopper | None = None,
     checkpoints: int = 2,
     verbose: int | None = None,
     resume: bool = False,
@@ -98,7 +101,7 @@ def make_tuner(
 
     from balm_tune.callbacks import TrialLines
     from balm_tune.integrity import Sealer, verify
-    from balm_tune.optuna_search import StudyRecorder, forget_lost_trials
+    from balm_tune.optuna_search import StudyRecorder, StudyStopper, forget_lost_trials
     from balm_tune.strategies import create_scheduler, create_searcher
 
     if resume and restorable(experiment):
@@ -133,9 +136,9 @@ def make_tuner(
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
         callbacks=[*callbacks, Sealer()],
-        # PBT has no max_t: without this it would still replace a trial's config after its last epoch; it
-        # clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
-        stop={"epoch": space.max_epochs} if pbt else None,
+        # PBT has no max_t: without last_epoch it would still replace a trial's config after its last epoch;
+        # it clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
+        stop=StudyStopper(journal, experiment.name, last_epoch=space.max_epochs if pbt else None),
         checkpoints=4 if pbt else 2,
         verbose=verbose,
     )

@@ -19,6 +19,7 @@ from balm_tune.optuna_search import (
     RAY_TRIAL_ID,
     WARM_START,
     StudySearch,
+    StudyStopper,
     forget_lost_trials,
     open_study,
 )
@@ -245,6 +246,20 @@ def test_a_searcher_without_a_snapshot_adopts_the_studys_open_trials_with_their_
     again.on_trial_result("a", _epoch(1, 0.9, 0.9))  # replayed epoch: not reported twice
     again.on_trial_complete("a", result=_epoch(2, 0.8, 0.8))
     assert len(again.study.trials) == 2 and again.study.trials[0].intermediate_values == {1: 0.9, 2: 0.8}
+
+
+def test_the_stopper_stops_trials_the_study_closed_and_leaves_running_and_failed_ones(tmp_path):
+    # after --resume Tune can run a trial the searcher closed after Tune's last snapshot
+    searcher = _searcher(tmp_path)
+    for trial_id in "abcd":
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("a", result=_epoch(1, 0.9, 0.9))  # pruned
+    searcher.on_trial_complete("b", result=_epoch(4, 0.5, 0.5))  # complete
+    searcher.on_trial_complete("c", error=True)  # failed: Tune resumes errored trials on purpose
+    stopper = pickle.loads(pickle.dumps(StudyStopper(tmp_path / JOURNAL, "s")))  # as tuner.pkl holds it
+    assert [stopper(t, _epoch(2, 0.8, 0.8)) for t in "abcd"] == [True, True, False, False]
+    assert StudyStopper(tmp_path / JOURNAL, "s", last_epoch=4)("d", _epoch(4, 0.8, 0.8))  # PBT has no max_t
+    assert searcher.recorded("a") and not searcher.recorded("e")
 
 
 @pytest.mark.parametrize("preset", sorted(Path("search_spaces").glob("paper_*.yaml")), ids=lambda p: p.stem)
