@@ -210,11 +210,13 @@ def _result_lines(trial_dir: Path) -> list[dict]:
 
 
 def _snapshot(experiment: Path) -> dict[str, str]:
-    """Tune trial id -> status in the newest experiment state Tune saved ({} before its first)."""
+    """Tune trial id -> status in the newest experiment state Tune saved ({} before its first, or while
+    Tune is still copying it in)."""
     states = sorted(experiment.glob("experiment_state-*.json"))
-    if not states:
+    try:
+        trials = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
+    except (IndexError, json.JSONDecodeError):
         return {}
-    trials = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
     return {t["trial_id"]: t["status"] for t in trials}
 
 
