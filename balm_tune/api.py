@@ -40,10 +40,7 @@ from balm_tune.trackers import Trackers  # noqa: E402
 from balm_tune.tuner import WarmStart  # noqa: E402
 from core.config import BalmConfig  # noqa: E402
 from core.data import ForecastData  # noqa: E402
-from core.paths import (
-    check_name,  # noqa: E402
-    writable_folder,  # noqa: E402
-)
+from core.paths import check_name, writable_folder  # noqa: E402
 from core.train import preflight  # noqa: E402
 
 SPACE_COPY = "search_space.yaml"

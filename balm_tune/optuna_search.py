@@ -159,7 +159,7 @@ class StudySearch(Searcher):
 
     def recorded(self, trial_id: str) -> bool:
         """The study holds an Optuna trial for this Tune trial."""
-        return any(t.user_attrs.get(RAY_TRIAL_ID) == trial_id for t in self.study.get_trials(deepcopy=False))
+        return _holds(self.study.get_trials(deepcopy=False), trial_id)
 
     # --- Tune's searcher snapshot: the mapping and the space; the study is the journal file --------------
     def __getstate__(self) -> dict:
@@ -285,6 +285,11 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
     return distribution.low <= value <= distribution.high
 
 
+def _holds(trials: Iterable[FrozenTrial], trial_id: str) -> bool:
+    """One of these Optuna trials is the Tune trial `trial_id`."""
+    return any(t.user_attrs.get(RAY_TRIAL_ID) == trial_id for t in trials)
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
@@ -308,8 +313,7 @@ class StudyStopper(Stopper):
             return True
         if self._study is None:
             self._study = open_study(self.journal, self.study_name)
-        closed = self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        return any(t.user_attrs.get(RAY_TRIAL_ID) == trial_id for t in closed)
+        return _holds(self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)), trial_id)
 
     def stop_all(self) -> bool:
         return False

@@ -147,14 +147,19 @@ def make_tuner(
 def restorable(experiment: Location) -> bool:
     """Tune saved its state there (a folder holding only search_space.yaml is not restorable)."""
     names = experiment.files(".")
-    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and "/" not in n for n in names)
+    return "tuner.pkl" in names and bool(_experiment_states(names))
 
 
 def recorded_trial_ids(experiment: Location) -> set[str]:
     """The Tune trial ids in the experiment's newest saved state (its JSON, read without unpickling)."""
-    newest = max(n for n in experiment.files(".") if n.startswith("experiment_state-") and "/" not in n)
+    newest = max(_experiment_states(experiment.files(".")))
     state = json.loads(experiment.child(newest).read_bytes())
     return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
+
+
+def _experiment_states(names: Sequence[str]) -> list[str]:
+    """Tune's saved experiment states among an experiment folder's file names (top level only)."""
+    return [n for n in names if n.startswith("experiment_state-") and "/" not in n]
 
 
 def run_final_seeds(

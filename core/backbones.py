@@ -78,6 +78,11 @@ def architecture(model_class: str, backbone: str) -> Architecture:
     return ARCHITECTURES[model_class]
 
 
+def _config_architecture(config: PretrainedConfig, backbone: str) -> Architecture:
+    """The entry of the base model a transformers config describes (read before any weight)."""
+    return architecture(MODEL_MAPPING_NAMES.get(config.model_type, config.model_type), backbone)
+
+
 @dataclass
 class Backbone:
     name: str
@@ -279,7 +284,7 @@ def backbone_shape(name: str) -> tuple[int, int]:
         raise BackboneError(
             f"backbone {name!r}: its config has no hidden_size/num_hidden_layers, expected a transformer"
         )
-    architecture(MODEL_MAPPING_NAMES.get(config.model_type, config.model_type), name)
+    _config_architecture(config, name)
     return width, depth
 
 
@@ -297,7 +302,7 @@ def _load(name: str, llm_layers: int, attn_implementation: str) -> tuple[nn.Modu
         return Backbone(name, model, tokenizer).cut(llm_layers).model, tokenizer
     directory = named.weights() if named else _hub_dir(name)
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
-    architecture(MODEL_MAPPING_NAMES.get(config.model_type, config.model_type), name)
+    _config_architecture(config, name)
     _cut(config, llm_layers, name)
     model = AutoModel.from_pretrained(
         directory, config=config, local_files_only=True, attn_implementation=attn_implementation
