@@ -1,8 +1,8 @@
 """Experiment trackers as optional extras: every trial's params and per-epoch metrics to MLflow or W&B.
 
-Both are Ray's own logger callbacks (ray.air.integrations); this module checks up front that the
-package is installed and, for W&B, that credentials or offline mode are set, so a missing tracker is
-one line before any trial starts, not a failure after Ray has started.
+Both are Ray's own logger callbacks (ray.air.integrations; W&B's with one fix, balm_tune.wandb_logger);
+this module checks up front that the package is installed and, for W&B, that credentials or offline mode
+are set, so a missing tracker is one line before any trial starts, not a failure after Ray has started.
 
     python -m balm_tune.search --mlflow sqlite:///mlflow.db    # or http://mlflow-host:5000
     WANDB_MODE=offline python -m balm_tune.search --wandb my-project
@@ -50,9 +50,9 @@ class Trackers:
 
             out.append(MLflowLoggerCallback(tracking_uri=self.mlflow_uri, experiment_name=experiment_name))
         if self.wandb_project:
-            from ray.air.integrations.wandb import WandbLoggerCallback
+            from balm_tune.wandb_logger import FinishedWandbLoggerCallback
 
-            out.append(WandbLoggerCallback(project=self.wandb_project, group=experiment_name))
+            out.append(FinishedWandbLoggerCallback(project=self.wandb_project, group=experiment_name))
         return out
 
 
