@@ -5,20 +5,20 @@
     result.leaderboard          # pandas DataFrame, best first
     result.best_config          # core.config.BalmConfig of the winner (None if every trial failed)
     result.test                 # the winner's test metrics
-    result.paths                # leaderboard.csv, best_config.yaml, best_checkpoint.pt, summary.json,
+    result.paths                # leaderboard.csv, config.yaml, checkpoint.pt, summary.json,
                                 # optuna.journal (the Optuna study, named after the experiment)
 
 `prepare_search` does every cheap check (space, overrides, data, backbone availability) and starts
 nothing; `execute` runs a prepared search. Selection uses validation only; test metrics are computed
 for the winner alone, over every test window. Two baselines (repeat-last value, closed-form linear;
 core/baselines.py) are scored on the same validation and test windows and go into summary.json and
-leaderboard.csv (rows of kind `baseline`).
+baselines.csv.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 import platform
 import statistics
 import time
@@ -27,21 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment snapshots for --resume: at most 5 s behind
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # balm_tune.callbacks.loggers() passes them
-
-from balm_tune.cluster import Cluster  # noqa: E402
-from balm_tune.optuna_search import JOURNAL, close_study, finished_trials  # noqa: E402
-from balm_tune.outcome import Outcome  # noqa: E402
-from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space  # noqa: E402
-from balm_tune.storage import Location, open_location  # noqa: E402
-from balm_tune.trackers import Trackers  # noqa: E402
-from balm_tune.tuner import WarmStart  # noqa: E402
-from core.config import BalmConfig  # noqa: E402
-from core.data import ForecastData  # noqa: E402
-from core.paths import check_name, writable_folder  # noqa: E402
-from core.train import preflight  # noqa: E402
+from balm_tune.cluster import Cluster
+from balm_tune.optuna_search import JOURNAL, close_study, finished_trials, stall_of
+from balm_tune.outcome import DIVERGED_FACTOR, Outcome
+from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space
+from balm_tune.storage import Location, open_location
+from balm_tune.trackers import Trackers
+from balm_tune.tuner import WarmStart
+from core.config import BalmConfig
+from core.data import ForecastData
+from core.paths import check_name, writable_folder
+from core.train import preflight
 
 SPACE_COPY = "search_space.yaml"
 
@@ -74,7 +70,8 @@ class SearchResult:
     test: dict | None = None
     paths: dict[str, Path] = field(default_factory=dict)
     interrupted: bool = False  # Ctrl-C: trials stopped, nothing exported; --resume continues
-    baselines: Any = None  # pandas.DataFrame: leaderboard.csv's baseline rows, scored on the trials' windows
+    baselines: Any = None  # pandas.DataFrame: baselines.csv, scored on the trials' windows
+    text: str = ""  # the closing lines execute printed (balm_tune.closing), as the CLI shows them
 
 
 def prepare_search(
@@ -190,12 +187,13 @@ def run_search(
     *,
     address: str | None = None,
     final_seeds: int = 0,
+    verbose: bool = False,
     **options: Any,
 ) -> SearchResult:
     """Check, run and export a search; `options` are `prepare_search`'s (base config keys included)."""
     check_final_seeds(final_seeds)
     plan = prepare_search(space, address=address, **options)
-    return execute(plan, address=address, final_seeds=final_seeds)
+    return execute(plan, address=address, final_seeds=final_seeds, verbose=verbose)
 
 
 def check_final_seeds(final_seeds: Any) -> None:
@@ -203,9 +201,9 @@ def check_final_seeds(final_seeds: Any) -> None:
         raise SpaceError(f"--final-seeds: got {final_seeds!r}, expected an integer >= 0")
 
 
-def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) -> SearchResult:
+def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, verbose: bool = False) -> SearchResult:
     """Run a prepared search on a local Ray (or the cluster at `address`, or the Ray this process has
-    already initialised, which is left running) and export the winner.
+    already initialised, which is left running) and export the winner; `verbose`: Ray's own console output.
 
     Ctrl-C stops the trials (Tune saves their state): nothing is exported and the result says
     `interrupted`; `--resume` continues. The winner's checkpoint is loaded before any file is replaced.
@@ -222,6 +220,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         leaderboard_frame,
         publish,
         verify_checkpoint,
+        write_baselines,
         write_leaderboard,
         write_summary,
     )
@@ -239,15 +238,18 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
     try:
         cluster = init_ray(address, location)  # reachable; a local storage path is shared by every node
         concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
-        print("loading the backbone and building prompt token ids (once for all trials) ...", flush=True)
+        windows = len(data.train) + len(data.val) + len(data.test)
+        say(f"loading the backbone {space.base.backbone} and the prompt token ids of {windows:,} windows (once)")
         shared = build_shared(space, data)
         warning = prompt_length_warning(highest_prompt_len(space), shared.prompts)
         if warning:
             print(f"warning: {warning}", flush=True)
+        say("scoring the repeat-last and linear baselines on the trials' validation windows and every test window")
         baselines = {
             name: {split: m.to_dict() for split, m in by_split.items()}
             for name, by_split in run_baselines(data, space.base).items()
         }
+        shared = dataclasses.replace(shared, diverged_above=DIVERGED_FACTOR * baselines["repeat_last"]["val"]["mse"])
         if plan.auto_gpus:
             space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
             shared = dataclasses.replace(shared, space=space)
@@ -272,6 +274,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             experiment / JOURNAL,
             plan.warm_start,
             extra_callbacks=trackers,
+            verbose=verbose,
             trust_experiment=plan.trust_experiment,
         )
         sign = True  # from here on, the experiment's pickles are this run's (or trusted) ones
@@ -280,13 +283,15 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         rows = leaderboard(results, space)
         paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
         if any(r.outcome is Outcome.INTERRUPTED for r in rows):  # the study's trials stay open for --resume
-            return SearchResult(experiment, leaderboard_frame(rows), {"trials": len(rows)}, interrupted=True)
+            return _closed(SearchResult(experiment, leaderboard_frame(rows), {"trials": len(rows)}, interrupted=True))
         paths["study"] = experiment / JOURNAL
         close_study(paths["study"], experiment.name)
         winners = [r for r in rows if r.outcome is not Outcome.FAILED and r.checkpoint]
         if winners:
             verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
-        write_leaderboard(rows, paths["leaderboard"], baseline_rows(baselines))
+        paths["baselines"] = experiment / "baselines.csv"
+        write_leaderboard(rows, paths["leaderboard"])
+        write_baselines(baseline_rows(baselines), paths["baselines"])
         table, baseline_table = leaderboard_frame(rows), leaderboard_frame(baseline_rows(baselines))
         summary = {
             "experiment": location.uri,
@@ -311,6 +316,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
                 "test on every window",
             },
             "baselines": baselines,
+            "stalled": stall_of(paths["study"], experiment.name),  # None, or why the search ended early
         }
         fetch_tensorboard(location, experiment)
         fetch_inputs(location, experiment, TRIAL_INPUTS)  # the report's and importances' (remote storage)
@@ -319,7 +325,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             write_summary(summary, paths["summary"])
             publish(list(paths.values()), location)
             paths["report"] = write_report(experiment, location).index
-            return SearchResult(experiment, table, summary, paths=paths, baselines=baseline_table)
+            return _closed(SearchResult(experiment, table, summary, paths=paths, baselines=baseline_table))
         best = winners[0]
         config = shared.trial_config(best.params)
         provenance = {
@@ -330,7 +336,8 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
             "data_file": data.path.name,
             "data_sha256": data.sha256,
         }
-        paths["best_config"], paths["best_checkpoint"] = export_winner(best, config, provenance, experiment)
+        paths["config"], paths["checkpoint"] = export_winner(best, config, provenance, experiment)
+        say(f"scoring the winner {best.trial_id} on all {len(data.test):,} test windows")
         evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
         test = ray.get(evaluate.remote(shared, best.params, best.checkpoint))
         summary.update(
@@ -338,14 +345,16 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
                 **{k: getattr(best, k) for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
                 "val_windows": summary["windows"]["val"],
             },
+            base=base_trial(rows, space),
             params=best.params,
             test=test,
             provenance=provenance,
         )
         for scores in baselines.values():
-            scores["winner_beats_on_val"] = best.best_val_mse < scores["val"]["mse"]
-            scores["winner_beats_on_test"] = test["test_mse"] < scores["test"]["mse"]
+            scores["beats_on_val"] = best.best_val_mse < scores["val"]["mse"]
+            scores["beats_on_test"] = test["test_mse"] < scores["test"]["mse"]
         if final_seeds:
+            say(f"retraining the winner on {final_seeds} further seeds, each scored on every test window")
             runs = run_final_seeds(space, shared, location, best.params, final_seeds, concurrent)
             summary["final_seeds"] = {
                 "runs": runs,
@@ -358,14 +367,48 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0) 
         summary["wall_seconds"] = time.perf_counter() - started
         write_summary(summary, paths["summary"])
         publish(list(paths.values()), location)
+        say("writing the report (every trial's curves, the winner's forecasts beside the baselines)")
         paths["report"] = write_report(experiment, location).index
-        best_config = BalmConfig.load(paths["best_config"])
-        return SearchResult(experiment, table, summary, best_config, test, paths, baselines=baseline_table)
+        best_config = BalmConfig.load(paths["config"])
+        return _closed(SearchResult(experiment, table, summary, best_config, test, paths, baselines=baseline_table))
     finally:
         if sign:
             seal(location)  # the final state (final_seeds/ included), signed for --resume
         if own_ray:  # a Ray the caller started stays up
             ray.shutdown()
+
+
+def _closed(result: SearchResult) -> SearchResult:
+    """The result with its closing lines (balm_tune.closing), printed: the CLI's and the API's last words."""
+    from balm_tune.closing import closing_text
+
+    result.text = closing_text(result)
+    print(result.text, flush=True)
+    return result
+
+
+def base_trial(rows: list, space: SearchSpace) -> dict | None:
+    """The trial of the space's first enqueued config (the default space's base config), for the summary's
+    "what the search gained" line; None when the space enqueues none or that trial failed."""
+    if not space.enqueue:
+        return None
+    first = space.enqueue[0]
+    for row in rows:
+        same = all(_same(row.params.get(k), v) for k, v in first.items())
+        if same and row.outcome is not Outcome.FAILED:
+            return {"trial_id": row.trial_id, "best_val_mse": row.best_val_mse, "status": row.status}
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def say(phase: str) -> None:
+    """One line before a phase of the search that takes more than a few seconds."""
+    print(f"{phase} ...", flush=True)
 
 
 def highest_prompt_len(space: SearchSpace) -> int:

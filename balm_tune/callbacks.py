@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback, TBXLoggerCallback
 
-from balm_tune.outcome import trial_outcome
+from balm_tune.outcome import trial_outcome, trial_status
 
 # what every trial reports each epoch (balm_tune.trainable); TensorBoard shows these and nothing else
 CURVES = (
@@ -17,7 +17,7 @@ CURVES = (
     "best_val_mse",
     "best_val_mae",
     "epoch",
-    "learning_rate",
+    "lr",
     "temperature",
     "epoch_seconds",
 )
@@ -73,7 +73,7 @@ class TrialLines(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
         outcome, reason = trial_outcome(result, self.max_epochs, self.patience)
-        status = outcome.label(self.scheduler)
+        status, reason = trial_status(result, outcome, self.scheduler), result.get("diverged") or reason
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.evaluated_params.items())
         print(
             f"[trial {trial.trial_id}] {status} ({reason}): best val mse {result.get('best_val_mse', float('nan')):.4f}"

@@ -1,4 +1,4 @@
-"""What a search leaves behind: leaderboard.csv, best_config.yaml, the winner's checkpoint, summary.json."""
+"""What a search leaves behind: leaderboard.csv, baselines.csv, config.yaml, the winner's checkpoint, summary.json."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ray.tune import ResultGrid
 
-from balm_tune.outcome import Outcome, trial_outcome
+from balm_tune.outcome import Outcome, trial_outcome, trial_status
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
@@ -29,7 +29,7 @@ class ExportError(BalmError):
 
 @dataclass
 class TrialRow:
-    """A trial's line of the leaderboard (leaderboard.csv's `kind: trial` rows)."""
+    """A trial's line of the leaderboard (leaderboard.csv)."""
 
     trial_id: str
     status: str  # the outcome's label for this scheduler: 'finished', 'pruned by asha', ...
@@ -45,12 +45,10 @@ class TrialRow:
     backbone_loads: int  # in the trial's process: 0 when the shared inputs were used, as intended
     prompt_builds: int
     checkpoint: Any  # a ray.tune.Checkpoint on the experiment's storage, or None
-    kind: ClassVar[str] = "trial"
 
     def columns(self) -> dict[str, Any]:
         """The leaderboard.csv columns of this row."""
         return {
-            "kind": self.kind,
             **{k: getattr(self, k) for k in ("trial_id", "status", "outcome", "reason")},
             **self.params,
             **{k: getattr(self, k) for k in ("best_val_mse", "best_val_mae", "epochs_run", "node_id", "device")},
@@ -60,22 +58,18 @@ class TrialRow:
 
 @dataclass
 class BaselineRow:
-    """A baseline's line of the leaderboard, scored on the trials' validation windows."""
+    """A baseline's line of baselines.csv, scored on the trials' validation windows and every test window."""
 
     name: str
     description: str
-    best_val_mse: float
-    best_val_mae: float
-    kind: ClassVar[str] = "baseline"
+    val: dict[str, Any]  # core.baselines.Metrics as a dict: mse, mae, windows
+    test: dict[str, Any]
 
     def columns(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "trial_id": self.name,
-            "status": "baseline",
-            "reason": self.description,
-            "best_val_mse": self.best_val_mse,
-            "best_val_mae": self.best_val_mae,
+            "baseline": self.name,
+            "description": self.description,
+            **{f"{split}_{k}": getattr(self, split)[k] for split in ("val", "test") for k in ("mse", "mae", "windows")},
         }
 
 
@@ -95,9 +89,9 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[TrialRow]:
         rows.append(
             TrialRow(
                 trial_id=metrics.get("trial_id", Path(result.path).name),
-                status=outcome.label(space.scheduler.type),
+                status=trial_status(metrics, outcome, space.scheduler.type),
                 outcome=outcome,
-                reason=reason,
+                reason=metrics.get("diverged") or reason,
                 params={k: _plain(result.config[k]) for k in space.search if k in result.config},
                 best_val_mse=math.inf if failed else metrics.get("best_val_mse", math.inf),
                 best_val_mae=math.inf if failed else metrics.get("best_val_mae", math.inf),
@@ -125,23 +119,26 @@ def _ended(results: ResultGrid) -> list[bool]:
 
 
 def baseline_rows(baselines: dict[str, dict]) -> list[BaselineRow]:
-    """Leaderboard rows of the baselines, scored on the trials' validation windows."""
-    return [
-        BaselineRow(name, BASELINES[name], scores["val"]["mse"], scores["val"]["mae"])
-        for name, scores in baselines.items()
-    ]
+    """baselines.csv's rows, from the summary's `baselines` (scored on the trials' windows)."""
+    return [BaselineRow(name, BASELINES[name], scores["val"], scores["test"]) for name, scores in baselines.items()]
 
 
 Row = TrialRow | BaselineRow
 
 
-def write_leaderboard(rows: list[TrialRow], path: Path, baselines: list[BaselineRow] = ()) -> None:
-    """Trials best first, then the baseline rows (column `kind`: trial | baseline); written atomically."""
-    _write_atomic(path, _csv_text([*rows, *baselines]).encode())
+def write_leaderboard(rows: list[TrialRow], path: Path) -> None:
+    """The trials, best first (leaderboard.csv; written atomically)."""
+    _write_atomic(path, _csv_text(rows).encode())
+
+
+def write_baselines(rows: list[BaselineRow], path: Path) -> None:
+    """The baselines beside them (baselines.csv; written atomically)."""
+    _write_atomic(path, _csv_text(rows).encode())
 
 
 def leaderboard_frame(rows: list[Row]):
-    """Rows as pandas reads them from leaderboard.csv (the same columns and types, ids kept as text)."""
+    """Rows as pandas reads them from leaderboard.csv or baselines.csv (the same columns and types, ids
+    kept as text)."""
     import pandas as pd
 
     return pd.read_csv(io.StringIO(_csv_text(rows)), dtype={"trial_id": str})
@@ -151,7 +148,7 @@ def _csv_text(rows: list[Row]) -> str:
     """The columns of the first row (trial rows have them all) for every row."""
     columns = [row.columns() for row in rows]
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(columns[0]) if columns else ["kind"])
+    writer = csv.DictWriter(text, fieldnames=list(columns[0]) if columns else ["trial_id"])
     writer.writeheader()
     writer.writerows(columns)
     return text.getvalue()
@@ -182,13 +179,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def export_winner(winner: TrialRow, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
-    """Write best_config.yaml (a full core config with provenance) and copy the winner's checkpoint
+    """Write config.yaml (a full core config with provenance) and copy the winner's checkpoint
     (from the experiment's storage, local or remote) into `folder`."""
     config.extras = {
         "search": {k: getattr(winner, k) for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
         **provenance,
     }
-    config_path, checkpoint_path = folder / "best_config.yaml", folder / "best_checkpoint.pt"
+    config_path, checkpoint_path = folder / "config.yaml", folder / "checkpoint.pt"
     tmp = checkpoint_path.with_name(f".{checkpoint_path.name}.tmp")
     with winner.checkpoint.as_directory() as checkpoint:
         shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, tmp)

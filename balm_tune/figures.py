@@ -16,10 +16,14 @@ from matplotlib.lines import Line2D
 from PIL import Image
 
 from balm_tune.forecasts import WINNER, WindowForecast
+from core.baselines import BASELINES
 
 DPI = 80
-METHOD_STYLE = {WINNER: {"color": "tab:blue", "lw": 1.6}}  # baselines: grey/orange dashed, in order
+WINNER_COLOR = "tab:blue"  # the winner in every picture: thick and saturated; the other trials muted grey
+OTHER_COLOR = "0.6"
+METHOD_STYLE = {WINNER: {"color": WINNER_COLOR, "lw": 1.6}}  # baselines: grey/orange dashed, in order
 BASELINE_COLORS = ("tab:gray", "tab:orange", "tab:green")
+PANEL_FONT = 10  # points, at the saved size (DPI 80: 11 px on a page that shows the PNG at its own size)
 
 
 @dataclass
@@ -49,30 +53,44 @@ ENDED_STYLE = {
 
 
 def _labels(curves: list[TrialCurve]) -> dict[str, str]:
-    """Legend text of each drawing style: the leaderboard statuses it stands for ('stopped by ASHA', ...)."""
-    return {ended: ", ".join(sorted({c.status for c in curves if c.ended == ended})) or ended for ended in ENDED_STYLE}
+    """Legend text of each drawing style that `curves` use: the leaderboard statuses it stands for
+    ('pruned by asha', ...); a style no curve uses has no entry (the legends list only what is drawn)."""
+    labels = {ended: ", ".join(sorted({c.status for c in curves if c.ended == ended})) for ended in ENDED_STYLE}
+    return {ended: label for ended, label in labels.items() if label}
 
 
 def history(curves: list[TrialCurve], winner: str | None, windows: str, path: Path) -> None:
-    """Every trial's best validation MSE in start order, and the best so far (what the search selects from)."""
+    """Every trial's best validation MSE in start order, and the best so far (what the search selects from);
+    the winner a large blue star, the other trials grey (their marker: how they ended)."""
     fig = Figure(figsize=(8, 4.5), dpi=DPI)
     ax = fig.add_subplot()
     ordered = sorted(curves, key=lambda c: c.order)
-    labels = _labels(curves)
+    drawn = [c for c in ordered if math.isfinite(c.best_val_mse)]
+    others = [c for c in drawn if c.trial_id != winner]
+    labels = _labels(others)
     for ended, style in ENDED_STYLE.items():
-        shown = [c for c in ordered if c.ended == ended and math.isfinite(c.best_val_mse)]
+        shown = [c for c in others if c.ended == ended]
         if shown:
             ax.scatter(
-                [c.order for c in shown], [c.best_val_mse for c in shown], marker=style["marker"], label=labels[ended]
+                [c.order for c in shown],
+                [c.best_val_mse for c in shown],
+                marker=style["marker"],
+                color=OTHER_COLOR,
+                s=30,
+                label=labels[ended],
             )
     best, so_far = math.inf, []
     for c in ordered:
         best = min(best, c.best_val_mse) if c.ended != "failed" else best
         so_far.append(best)
-    ax.step([c.order for c in ordered], so_far, where="post", color="black", lw=1.2, label="best so far")
-    for c in ordered:
+    if any(math.isfinite(v) for v in so_far):
+        ax.step([c.order for c in ordered], so_far, where="post", color="black", lw=1.2, label="best so far")
+    for c in drawn:
         if c.trial_id == winner:
-            ax.annotate(f"winner {winner}", (c.order, c.best_val_mse), textcoords="offset points", xytext=(5, 8))
+            ax.scatter(
+                [c.order], [c.best_val_mse], marker="*", s=260, color=WINNER_COLOR, zorder=3, label=f"winner {winner}"
+            )
+            ax.annotate(f"winner {winner}", (c.order, c.best_val_mse), textcoords="offset points", xytext=(7, 8))
     failed = sum(c.ended == "failed" for c in ordered)
     cut = _focus(ax, [c.best_val_mse for c in ordered])
     ax.set_xlabel("trial (start order)")
@@ -85,41 +103,58 @@ def history(curves: list[TrialCurve], winner: str | None, windows: str, path: Pa
         + f"\nvalidation over {windows}",
         fontsize=10,
     )
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
 
 def curves(curves: list[TrialCurve], winner: str | None, windows: str, path: Path) -> None:
-    """Validation MSE by epoch of every trial; ASHA-stopped and failed trials drawn differently."""
+    """Validation MSE by epoch of every trial: the winner thick and blue on top, the others thin and grey
+    (16 curves need no 16 colours); line style and end marker say how a trial ended (stopped early, failed)."""
     fig = Figure(figsize=(8, 4.5), dpi=DPI)
     ax = fig.add_subplot()
-    colors = {c.trial_id: f"C{i % 10}" for i, c in enumerate(sorted(curves, key=lambda c: c.order))}
+    drawn = []
     for c in curves:
         points = [(e, v) for e, v in zip(c.epochs, c.val_mse) if math.isfinite(v)]
         if not points:
             continue
+        drawn.append(c)
         style = ENDED_STYLE[c.ended]
         epochs, values = zip(*points)
-        width = 2.5 if c.trial_id == winner else 1.0
-        ax.plot(epochs, values, ls=style["ls"], color=colors[c.trial_id], lw=width)
-        ax.plot(epochs[-1], values[-1], marker=style["marker"], color=colors[c.trial_id], ms=7)
+        color, width, size, order = (WINNER_COLOR, 3.0, 9, 3) if c.trial_id == winner else (OTHER_COLOR, 1.0, 6, 2)
+        ax.plot(epochs, values, ls=style["ls"], color=color, lw=width, zorder=order)
+        ax.plot(epochs[-1], values[-1], marker=style["marker"], color=color, ms=size, zorder=order)
+    labels = _labels([c for c in drawn if c.trial_id != winner])
     handles = [
-        Line2D([], [], color="black", ls=s["ls"], marker=s["marker"], label=_labels(curves)[ended])
+        Line2D([], [], color=OTHER_COLOR, ls=s["ls"], marker=s["marker"], label=labels[ended])
         for ended, s in ENDED_STYLE.items()
+        if ended in labels
     ]
-    handles.append(Line2D([], [], color="black", lw=2.5, label=f"winner {winner}"))
-    ax.legend(handles=handles, fontsize=8)
+    for c in drawn:
+        if c.trial_id == winner:
+            s = ENDED_STYLE[c.ended]
+            handles.append(
+                Line2D([], [], color=WINNER_COLOR, lw=3.0, ls=s["ls"], marker=s["marker"], label=f"winner {winner}")
+            )
+    if handles:
+        ax.legend(handles=handles, fontsize=9)
     cut = _focus(ax, [v for c in curves for v in c.val_mse])
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation MSE (standardised)")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_title(f"Validation MSE by epoch, every trial ({len(curves)}){cut}\nvalidation over {windows}", fontsize=10)
+    missing = len(curves) - len(drawn)
+    ax.set_title(
+        f"Validation MSE by epoch, every trial ({len(curves)})"
+        + (f" ({missing} without a finite value, not drawn)" if missing else "")
+        + f"{cut}\nvalidation over {windows}",
+        fontsize=10,
+    )
     fig.tight_layout()
     _save(fig, path)
 
 
-def importances(values: dict[str, float], evaluator: str, complete: int, path: Path) -> None:
+def importances(values: dict[str, float], evaluator: str, trials: int, epoch: int, path: Path) -> None:
     """Horizontal bars, most important key on top."""
     fig = Figure(figsize=(7, 0.5 * len(values) + 1.6), dpi=DPI)
     ax = fig.add_subplot()
@@ -130,8 +165,8 @@ def importances(values: dict[str, float], evaluator: str, complete: int, path: P
     ax.set_xlim(0, 1.1 * max(max(values.values()), 1e-9))
     ax.set_xlabel("importance (normalised to sum 1)")
     ax.set_title(
-        f"Importance of the searched keys: {evaluator} over {complete} COMPLETE trials\n"
-        "(final validation MSE; ASHA-pruned trials not counted)",
+        f"Importance of the searched keys: {evaluator} over {trials} trials\n"
+        f"(each trial's best validation MSE up to epoch {epoch}, the last every trial reached)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -142,7 +177,7 @@ def forecasts(windows: list[WindowForecast], caption: str, path: Path, shown_his
     """One row per variable, one column per window: look-back, truth, the winner's and baselines' forecasts."""
     variables = list(dict.fromkeys(w.variable for w in windows))
     per_row = len(windows) // len(variables)
-    fig = Figure(figsize=(5 * per_row, 2.6 * len(variables) + 1.0), dpi=DPI)
+    fig = Figure(figsize=(5 * per_row, 3.0 * len(variables) + 1.0), dpi=DPI)
     axes = fig.subplots(len(variables), per_row, squeeze=False)
     for ax, w in zip(axes.flat, windows):
         shown = w.history[-shown_history:] if shown_history else w.history
@@ -154,16 +189,17 @@ def forecasts(windows: list[WindowForecast], caption: str, path: Path, shown_his
             style = METHOD_STYLE.get(name) or {"color": next(baselines), "lw": 1.1, "ls": "--"}
             ax.plot(horizon, values, label=name, **style)
         ax.axvline(0, color="grey", lw=0.5)
-        ax.set_title(f"{w.variable}: forecast from {w.first_date}", fontsize=9)
-        ax.set_ylabel(w.variable)
-        scores = "  ".join(f"{_short(name)} {mse:.3g}" for name, mse in w.mse.items())
-        ax.text(0.01, 0.02, f"MSE: {scores}", transform=ax.transAxes, fontsize=7, va="bottom")
+        scores = ",  ".join(f"{_short(name)} {mse:.3g}" for name, mse in w.mse.items())
+        # the window and its scores above the panel, not over its lines; legible at the saved size
+        ax.set_title(f"{w.variable} from {w.first_date}, MSE:\n{scores}", fontsize=PANEL_FONT, loc="left")
+        ax.set_ylabel(w.variable, fontsize=PANEL_FONT)
+        ax.tick_params(labelsize=PANEL_FONT - 1)
     for ax in axes[-1]:
-        ax.set_xlabel("rows from the forecast start")
+        ax.set_xlabel("rows from the forecast start", fontsize=PANEL_FONT)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9)
-    fig.suptitle(caption, fontsize=10, y=0.995 - 0.35 / fig.get_figheight())
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=PANEL_FONT)
+    fig.suptitle(caption, fontsize=PANEL_FONT, y=0.995 - 0.35 / fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
     _save(fig, path)
 
 
@@ -190,4 +226,6 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _short(method: str) -> str:
-    return "winner" if method == WINNER else method.split(" (")[0]
+    """'winner', 'repeat-last', 'linear': a method's name in a panel's scores."""
+    names = {label: name.replace("_", "-") for name, label in BASELINES.items()}
+    return "winner" if method == WINNER else names.get(method, method.split(" (")[0])

@@ -1,6 +1,6 @@
 """The search winner's forecasts on a few test windows, beside the simple baselines, in the data's units.
 
-The winner is rebuilt on the CPU from what the search exported (best_config.yaml + best_checkpoint.pt,
+The winner is rebuilt on the CPU from what the search exported (config.yaml + checkpoint.pt,
 its best validation weights), so the pictures show exactly the model a user retrains or deploys.
 """
 
@@ -35,17 +35,17 @@ class WindowForecast:
 
 def rebuild_winner(experiment: Path) -> Trainer:
     """The winner's Trainer on the CPU with its best weights; checks the data file is the searched one."""
-    config = BalmConfig.load(experiment / "best_config.yaml")
+    config = BalmConfig.load(experiment / "config.yaml")
     searched_sha = config.extras.get("data_sha256")
-    config = config.with_overrides({"device": "cpu", "num_threads": None}, source=str(experiment / "best_config.yaml"))
+    config = config.with_overrides({"device": "cpu", "num_threads": None}, source=str(experiment / "config.yaml"))
     data = load_data(config)
     if searched_sha and data.sha256 != searched_sha:
         raise DataError(
             f"data file {data.path}: sha256 {data.sha256[:12]}... differs from the searched file's "
-            f"{searched_sha[:12]}... (best_config.yaml 'data_sha256'); the forecasts would not be the search's"
+            f"{searched_sha[:12]}... (config.yaml 'data_sha256'); the forecasts would not be the search's"
         )
     trainer = Trainer(config, data=data, show_progress=False)
-    trainer.load(experiment / "best_checkpoint.pt")
+    trainer.load(experiment / "checkpoint.pt")
     trainer.use_best_weights()
     return trainer
 

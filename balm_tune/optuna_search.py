@@ -16,7 +16,11 @@ outcome is read from the trial's own metrics (`balm_tune.outcome.trial_outcome`)
 - configs to evaluate first are enqueued, and another study's finished trials can seed the sampler, both
   only when the study is new (a resumed search neither repeats nor re-seeds them);
 - after `--resume`, a trial the study closed after Tune's last snapshot is stopped at its first result
-  (`StudyStopper`): the study keeps what it recorded.
+  (`StudyStopper`): the study keeps what it recorded;
+- the study is the record of the budget and of the running trials: this searcher limits concurrency itself
+  (Tune's `ConcurrencyLimiter` passes through) and rebuilds its open trials from the study on a restore, so
+  Tune state files of different moments (a driver killed while Ray uploads them) cannot leave it waiting for
+  a trial Tune never runs; if it ever would, it ends the search with one line instead (`TuneView`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ JOURNAL = "optuna.journal"
 RAY_TRIAL_ID = "ray_trial_id"
 WARM_START = "warm_start_from"
 LOST = "lost"  # asked just before the driver was killed, never recorded by Tune
+STALLED = "stalled"  # study user attribute: why the searcher ended a search that could not go on
 
 
 def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
@@ -90,11 +95,15 @@ class StudySearch(Searcher):
         self.intermediate, self.pruned_trials = intermediate, pruned_trials
         self.points_to_evaluate, self.seed_trials = list(points_to_evaluate), list(seed_trials)
         self.seed_source = seed_source
+        self.max_concurrent: int | None = None  # Tune's max_concurrent_trials (set_max_concurrency)
         self._space: dict[str, BaseDistribution] = {}
-        self._ids: dict[str, int] = {}  # Tune trial id -> Optuna storage trial id (pickled with Tune's state)
+        # the open trials: Tune trial id -> Optuna storage trial id (rebuilt from the study on a restore)
+        self._ids: dict[str, int] = {}
         self._steps: dict[str, set[int]] = {}  # epochs already reported, per Tune trial id
         self._trials: dict[str, optuna.Trial] = {}  # live handles, rebuilt from _ids after a restore
         self._study: optuna.Study | None = None
+        self._held: set[str] | None = None  # Tune's unfinished trials at its last step end (TuneView)
+        self._fresh: set[str] = set()  # trials suggested since then
 
     # --- Tune's Searcher interface ------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
@@ -118,15 +127,44 @@ class StudySearch(Searcher):
             self._study = study
         return self._study
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Tune's `max_concurrent_trials`, applied here (True: Tune's ConcurrencyLimiter passes through).
+        The limiter would keep its own list of live trials in Tune's state files; after a kill while Ray
+        uploads them, that list can hold a trial Tune never runs, and the search would wait for it forever."""
+        self.max_concurrent = max_concurrent
+        return True
+
     def suggest(self, trial_id: str) -> dict | str | None:
         if trial_id not in self._ids:
             if self.num_samples is not None and self._asked() >= self.num_samples:
-                return Searcher.FINISHED  # Tune's own count can lag after a --resume (see `_asked`)
+                return Searcher.FINISHED  # the budget's record is the study (see `_asked`)
+            if self.max_concurrent and len(self._ids) >= self.max_concurrent:
+                return self._wait()
             trial = self.study.ask(fixed_distributions=self._space)
             trial.set_user_attr(RAY_TRIAL_ID, trial_id)
             # the storage id (Optuna's Trial(study, id) handle after a restore); the number is not enough
             self._ids[trial_id], self._trials[trial_id], self._steps[trial_id] = trial._trial_id, trial, set()
+            self._fresh.add(trial_id)
         return dict(self._trial(trial_id).params)
+
+    def tune_holds(self, unfinished: set[str]) -> None:
+        """Tune's unfinished trials at the end of its step (TuneView calls this)."""
+        self._held, self._fresh = unfinished, set()
+
+    def _wait(self) -> str | None:
+        """Every place is taken: wait (None) while Tune runs a trial that can free one; if Tune holds no
+        unfinished trial, the open trials are ones it will never run: end the search (FINISHED) with one
+        line, kept in the study as user attribute `stalled`, instead of waiting forever."""
+        if self._held is None or self._held or self._fresh:
+            return None
+        ids = ", ".join(sorted(self._ids))
+        message = (
+            f"the search stalled: the study holds {len(self._ids)} open trial(s) (Tune ids {ids}) that Tune does "
+            f"not run, and Tune holds no unfinished trial; ended after {self._asked()} of {self.num_samples} trials"
+        )
+        print(f"warning: {message}", flush=True)
+        self.study.set_user_attr(STALLED, message)
+        return Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
@@ -141,6 +179,8 @@ class StudySearch(Searcher):
         with contextlib.suppress(UpdateFinishedTrialError):  # told before a driver crash (see _report)
             trial.set_user_attr("outcome", outcome.value)
             trial.set_user_attr("reason", reason)
+            if result.get("diverged"):  # balm_tune.outcome.trial_status: why it diverged
+                trial.set_user_attr("diverged", result["diverged"])
         if state == TrialState.PRUNED and self.pruned_trials == "complete":
             state = TrialState.COMPLETE  # what Ray's OptunaSearch does: the partial value as if final
         if state == TrialState.COMPLETE and not _finite(value):
@@ -150,8 +190,8 @@ class StudySearch(Searcher):
             table.pop(trial_id, None)
 
     def adopt_open_trials(self) -> None:
-        """Take the study's RUNNING trials that carry a Tune id as this searcher's own (after a restore
-        where no searcher snapshot holds them)."""
+        """Take the study's RUNNING trials that carry a Tune id as this searcher's own (after a restore:
+        `forget_lost_trials` has closed those Tune's state does not record)."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial_id = trial.user_attrs.get(RAY_TRIAL_ID)
             if trial_id and trial_id not in self._ids:
@@ -161,20 +201,23 @@ class StudySearch(Searcher):
         """The study holds an Optuna trial for this Tune trial."""
         return _holds(self.study.get_trials(deepcopy=False), trial_id)
 
-    # --- Tune's searcher snapshot: the mapping and the space; the study is the journal file --------------
+    # --- Tune's searcher snapshot: the space; the study (open trials, budget) is the journal file ------
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_study": None, "_trials": {}}
+        return {**self.__dict__, "_study": None, "_trials": {}, "_held": None, "_fresh": set()}
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"ids": self._ids, "steps": self._steps, "space": self._space}, handle)
+            pickle.dump({"space": self._space}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
         # Tune.restore does not call set_search_properties again: the space comes back from here
-        self._ids, self._steps, self._space = state["ids"], state["steps"], state["space"]
-        self._trials = {}
+        self._space, self._trials = state["space"], {}
+        # the open trials come from the study, not from this snapshot: Ray uploads its state files one by one,
+        # so this one can be a step newer than the experiment state that Tune restores its trials from
+        self._ids, self._steps = {}, {}
+        self.adopt_open_trials()
         # the sampler comes back from tuner.pkl as it was built: with its seed's first draws still to come,
         # it would propose the first configurations of the interrupted search again
         self.sampler.reseed_rng()
@@ -253,6 +296,12 @@ def close_study(journal: Path, name: str) -> int:
     return len(running)
 
 
+def stall_of(journal: Path, name: str) -> str | None:
+    """Why the searcher ended the search early (`StudySearch._wait`), or None."""
+    study = _existing_study(journal, name)
+    return None if study is None else study.user_attrs.get(STALLED)
+
+
 def forget_lost_trials(journal: Path, name: str, recorded: set[str]) -> int:
     """Before a --resume: mark the study's RUNNING trials whose Tune id the experiment state does not
     record (asked just before the driver was killed) FAIL and lost, so the resumed search neither
@@ -320,6 +369,18 @@ class StudyStopper(Stopper):
 
     def __getstate__(self) -> dict:  # pickled into tuner.pkl; the study is reopened from the journal
         return {**self.__dict__, "_study": None}
+
+
+class TuneView(Callback):
+    """Tells the searcher, at the end of every Tune step, which trials Tune holds unfinished: its guard
+    against waiting for a trial that Tune will never run (`StudySearch._wait`). It holds the searcher
+    itself; tuner.pkl pickles both at once, so a restored search keeps the two together."""
+
+    def __init__(self, searcher: StudySearch):
+        self.searcher = searcher
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self.searcher.tune_holds({t.trial_id for t in trials if not t.is_finished()})
 
 
 class StudyRecorder(Callback):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+DIVERGED_FACTOR = 3.0  # best val MSE above this many times the repeat-last baseline's (same windows): diverged
+
 
 class Outcome(StrEnum):
     """How a trial ended. STOPPED: the scheduler ended it early (ASHA, HyperBand, the median rule);
@@ -61,3 +63,10 @@ def trial_outcome(
     if metrics.get("bad_epochs", 0) >= patience:
         return Outcome.FINISHED, f"early stopping (patience {patience})"
     return Outcome.STOPPED, f"after {metrics['epoch']} of {max_epochs} epochs"
+
+
+def trial_status(metrics: dict, outcome: Outcome, scheduler: str) -> str:
+    """The word the console, the leaderboard and the report show: 'diverged' for a trial that diverged
+    (a non-finite loss, or a best val MSE above DIVERGED_FACTOR x the repeat-last baseline's on the same
+    windows: the trial reports why as `diverged`), else the outcome's label ('pruned by asha', ...)."""
+    return "diverged" if metrics.get("diverged") else outcome.label(scheduler)

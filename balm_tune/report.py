@@ -4,8 +4,8 @@
     python -m balm_tune.report s3://bucket/prefix/<name> --out runs   # from remote storage (balm_tune.storage)
 
 Written at the end of every search (balm_tune.api.execute) and rebuildable any time from what the
-search left: leaderboard.csv, summary.json, Ray's per-trial result.json, best_config.yaml +
-best_checkpoint.pt (the winner is rebuilt on the CPU) and, when the search persisted one, the Optuna
+search left: leaderboard.csv, summary.json, Ray's per-trial result.json, config.yaml +
+checkpoint.pt (the winner is rebuilt on the CPU) and, when the search persisted one, the Optuna
 study (optuna.journal) for the importances. index.html uses relative links only, no scripts. With
 remote storage the report is built in a local copy (<out>/<name>/report/) and uploaded beside the
 experiment (<uri>/report/).
@@ -34,8 +34,14 @@ REPORT_DIR = "report"
 SPACE_COPY = "search_space.yaml"
 WINDOWS_PER_VARIABLE = 3
 TEXT_COLUMNS = {"trial_id", "node_id", "status", "reason", "kind", "outcome", "device", "precision"}
+# the page's leaderboard: every row is a trial and its status says how it ended (kind, outcome not shown);
+# node, device and precision said once when every trial shares them; ids and texts cut (the whole in a tooltip)
+DROPPED_COLUMNS = ("kind", "outcome")
+SHARED_COLUMNS = ("node_id", "device", "precision")
+NODE_ID_SHOWN = 8
+TEXT_SHOWN = 40
 # what the report reads; Ray and the Optuna study write the last two at the storage location
-EXPORTED_INPUTS = ("leaderboard.csv", "summary.json", SPACE_COPY, "best_config.yaml", "best_checkpoint.pt")
+EXPORTED_INPUTS = ("leaderboard.csv", "summary.json", SPACE_COPY, "config.yaml", "checkpoint.pt")
 TRIAL_INPUTS = ("result.json", "optuna.journal")
 PICTURES = ("history.png", "curves.png", "importances.png", "forecasts.png")
 
@@ -75,11 +81,10 @@ def write_report(experiment: str | Path, location: Location | None = None) -> Re
         (folder / name).unlink(missing_ok=True)
 
     trials = trial_curves(experiment, board)
-    has_winner = (experiment / "best_checkpoint.pt").is_file() and (experiment / "best_config.yaml").is_file()
+    has_winner = (experiment / "checkpoint.pt").is_file() and (experiment / "config.yaml").is_file()
     windows = summary["windows"]
     val_windows = _windows(windows["val"], windows["val_total"], "validation")
     test_windows = _windows(windows["test"], windows["test"], "test")
-    baseline = _baselines(summary)
 
     written = [folder / PICTURES[0], folder / PICTURES[1]]
     figures.history(trials, winner, val_windows, written[0])
@@ -87,7 +92,8 @@ def write_report(experiment: str | Path, location: Location | None = None) -> Re
     importances = experiment_importances(experiment, list(space.search))
     if importances.values:
         written.append(folder / PICTURES[2])
-        figures.importances(importances.values, importances.evaluator, importances.complete_trials, written[-1])
+        i = importances
+        figures.importances(i.values, i.evaluator, i.trials, i.epoch, written[-1])
     if has_winner:  # rebuilt on the CPU from the exported config and checkpoint
         from balm_tune.forecasts import rebuild_winner, winner_forecasts
 
@@ -101,7 +107,7 @@ def write_report(experiment: str | Path, location: Location | None = None) -> Re
         )
         figures.forecasts(winner_forecasts(trainer, WINDOWS_PER_VARIABLE), caption, written[-1])
     index = folder / "index.html"
-    index.write_text(_index_html(experiment, board, summary, importances, written, val_windows, test_windows, baseline))
+    index.write_text(_index_html(experiment, board, summary, importances, written, val_windows, test_windows))
     if location is not None:
         for path in [*written, index]:
             location.child(REPORT_DIR, path.name).upload(path)  # no-op when the location is this folder
@@ -155,16 +161,6 @@ def _windows(used: int, total: int, split: str) -> str:
     return f"all {total:,} {split} windows" if used == total else f"{used:,} evenly spaced of {total:,} {split} windows"
 
 
-def _baselines(summary: dict) -> str:
-    """The baselines (core.baselines) on the same windows as the winner's metrics, from summary.json."""
-    from core.baselines import BASELINES
-
-    return "; ".join(
-        f"{BASELINES[name]}: test MSE {scores['test']['mse']:.6g}, MAE {scores['test']['mae']:.6g}"
-        for name, scores in summary["baselines"].items()
-    )
-
-
 def _read_leaderboard(experiment: Path) -> list[dict]:
     path = experiment / "leaderboard.csv"
     if not experiment.is_dir():
@@ -174,12 +170,34 @@ def _read_leaderboard(experiment: Path) -> list[dict]:
             f"{experiment}: not a finished balm_tune experiment (expected leaderboard.csv and {SPACE_COPY}; "
             f"an interrupted search is finished with --resume)"
         )
+    if (experiment / "best_config.yaml").is_file() and not (experiment / "config.yaml").is_file():
+        raise ReportError(
+            f"{experiment}: exported by an earlier balm_tune (best_config.yaml, best_checkpoint.pt); rename them "
+            "config.yaml and checkpoint.pt to rebuild its report with this one"
+        )
     with open(path, newline="") as handle:
-        return [row for row in csv.DictReader(handle) if row.get("kind", "trial") == "trial"]  # baselines: summary
+        return [row for row in csv.DictReader(handle) if row.get("kind", "trial") == "trial"]  # earlier: baselines too
 
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+STYLE = (
+    "body{font-family:sans-serif;margin:1.5em 2em;max-width:1400px}"
+    "h2{margin:1.2em 0 0.4em}"
+    "table{border-collapse:collapse;font-size:12px;margin:0.3em 0}"
+    "td,th{border:1px solid #ccc;padding:2px 5px;white-space:nowrap;text-align:left}"
+    "th{background:#f3f3f3;white-space:normal;vertical-align:bottom}"
+    "td.n{text-align:right;font-variant-numeric:tabular-nums}"
+    "tr.winner td{background:#e3edfa;font-weight:bold}"
+    ".yes{color:#17612b}.no{color:#a3151a}td.no{font-weight:bold}"
+    "ul.verdict{margin:0.4em 0;padding-left:1.4em}ul.verdict li{margin:0.2em 0}"
+    "p.warning{color:#a3151a;font-weight:bold}"
+    ".wide{overflow-x:auto}"
+    ".pictures{display:flex;flex-wrap:wrap;gap:0.8em;align-items:flex-start}"
+    "img{max-width:100%;height:auto;border:1px solid #eee;margin:0.3em 0}"
+)
 
 
 def _index_html(
@@ -190,40 +208,163 @@ def _index_html(
     pictures: list[Path],
     val_windows: str,
     test_windows: str,
-    baseline: str,
 ) -> str:
+    """The page: what the search found, the winner beside the baselines (with the verdict the CLI
+    prints), the pictures and the leaderboard, laid out to fit a 1400 px wide window."""
     e = html.escape
     lines = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(experiment.name)}: balm_tune report</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style>",
+        f"<style>{STYLE}</style>",
         "</head><body>",
         f"<h1>Search {e(experiment.name)}</h1>",
     ]
     outcomes = ", ".join(f"{n} {s}" for s, n in summary.get("outcomes", {}).items())
     lines.append(f"<p>{len(board)} trials{f' ({e(outcomes)})' if outcomes else ''}. Selection on validation only.</p>")
+    if summary.get("stalled"):
+        lines.append(f'<p class="warning">The search ended early: {e(str(summary["stalled"]))}</p>')
+    winner = summary.get("winner", {}).get("trial_id")
     if "winner" in summary:
         w, test = summary["winner"], summary.get("test", {})
         lines.append(
             f"<p>Winner <b>{e(str(w['trial_id']))}</b>: validation MSE {w['best_val_mse']:.6g}, "
             f"MAE {w['best_val_mae']:.6g} ({e(val_windows)}); test MSE {test.get('test_mse', math.nan):.6g}, "
-            f"MAE {test.get('test_mae', math.nan):.6g} ({e(test_windows)}; test data used for the winner only). "
-            f"{e(baseline)}.</p>"
+            f"MAE {test.get('test_mae', math.nan):.6g} ({e(test_windows)}; test data used for the winner only).</p>"
         )
+        if "final_seeds" in summary:
+            f = summary["final_seeds"]
+            lines.append(
+                f"<p>Winner on {len(f['runs'])} further seeds: test MSE {f['test_mse_mean']:.6g} "
+                f"&plusmn; {f['test_mse_std']:.4g}, MAE {f['test_mae_mean']:.6g} &plusmn; {f['test_mae_std']:.4g} "
+                f"({e(test_windows)}).</p>"
+            )
     else:
         lines.append("<p>No trial finished successfully: no winner, no forecasts.</p>")
+    lines += _baseline_html(summary, val_windows, test_windows)
     lines.append(f"<p>{e(importances.line())}</p>")
+    pairs = [p for p in pictures if p.name in ("history.png", "curves.png")]  # side by side where they fit
+    if pairs:
+        lines.append('<div class="pictures">' + "".join(_img(p) for p in pairs) + "</div>")
     for picture in pictures:
-        lines.append(f'<p><img src="{e(picture.name)}" alt="{e(picture.stem)}"></p>')
-    lines.append("<h2>Leaderboard (leaderboard.csv, best first)</h2>")
-    lines.append("<table><tr>" + "".join(f"<th>{e(k)}</th>" for k in board[0]) + "</tr>" if board else "<table>")
-    for row in board:
-        lines.append("<tr>" + "".join(f"<td>{e(_cell(k, v))}</td>" for k, v in row.items()) + "</tr>")
-    lines += ["</table>", "</body></html>", ""]
+        if picture.name == "importances.png":
+            lines.append(f"<p>{_img(picture)}</p>")
+    lines += _leaderboard_html(board, winner)
+    for picture in pictures:
+        if picture not in pairs and picture.name != "importances.png":
+            lines.append(f"<h2>Forecasts of the winner</h2><p>{_img(picture)}</p>")
+    lines += ["</body></html>", ""]
     return "\n".join(lines)
+
+
+def _img(picture: Path) -> str:
+    e = html.escape
+    return f'<img src="{e(picture.name)}" alt="{e(picture.stem)}">'
+
+
+def _baseline_html(summary: dict, val_windows: str, test_windows: str) -> list[str]:
+    """The winner and each baseline (core.baselines) on the same windows, and the verdict lines of
+    core.baselines.comparison (as `python -m balm_tune.search` prints them)."""
+    from core.baselines import BASELINES, Metrics, comparison
+
+    e = html.escape
+    baselines = {name: summary["baselines"][name] for name in BASELINES if name in summary.get("baselines", {})}
+    if not baselines:
+        return []
+    has_winner = "winner" in summary
+    lines = [
+        f"<h2>{'Winner and baselines' if has_winner else 'Baselines'}</h2>",
+        '<div class="wide"><table>',
+        f'<tr><th rowspan="2">method</th><th colspan="2">validation: {e(val_windows)}</th>'
+        f'<th colspan="2">test: {e(test_windows)}</th>'
+        + ('<th colspan="2">the winner beats it on</th>' if has_winner else "")
+        + "</tr>",
+        "<tr><th>MSE</th><th>MAE</th><th>MSE</th><th>MAE</th>"
+        + ("<th>validation</th><th>test</th>" if has_winner else "")
+        + "</tr>",
+    ]
+    scores = {}
+    if has_winner:
+        w, test = summary["winner"], summary.get("test", {})
+        scores = {
+            "val": Metrics(w["best_val_mse"], w["best_val_mae"], w.get("val_windows", summary["windows"]["val"])),
+            "test": Metrics(
+                test.get("test_mse", math.nan),
+                test.get("test_mae", math.nan),
+                test.get("test_windows", summary["windows"]["test"]),
+            ),
+        }
+        lines.append(
+            f'<tr class="winner"><td>winner {e(str(w["trial_id"]))}</td>'
+            + "".join(f'<td class="n">{v:.4g}</td>' for s in ("val", "test") for v in (scores[s].mse, scores[s].mae))
+            + "<td></td><td></td></tr>"
+        )
+    for name, result in baselines.items():
+        cells = "".join(f'<td class="n">{result[s][m]:.4g}</td>' for s in ("val", "test") for m in ("mse", "mae"))
+        if has_winner:
+            for split in ("val", "test"):
+                beats = result.get(f"beats_on_{split}", scores[split].mse < result[split]["mse"])
+                cells += f'<td class="{"yes" if beats else "no"}">{"yes" if beats else "NO"}</td>'
+        lines.append(f"<tr><td>{e(BASELINES[name])}</td>{cells}</tr>")
+    lines.append("</table></div>")
+    if has_winner:
+        lines.append('<ul class="verdict">')
+        for name, result in baselines.items():
+            line = comparison(name, scores, {s: Metrics(**result[s]) for s in ("val", "test")}, who="the winner")
+            beaten = all(result.get(f"beats_on_{s}", True) for s in ("val", "test"))
+            lines.append(f'<li class="{"yes" if beaten else "no"}">{e(line)}</li>')
+        lines.append("</ul>")
+    return lines
+
+
+def _leaderboard_html(board: list[dict], winner: str | None) -> list[str]:
+    """leaderboard.csv as a table that fits the page: no kind and outcome columns (every row is a
+    trial; its status says how it ended), node, device and precision said once when every trial shares
+    them, node ids cut to 8 characters and long reasons to 40 (the full text in a tooltip)."""
+    e = html.escape
+    lines = ["<h2>Leaderboard (leaderboard.csv, best first)</h2>"]
+    if not board:
+        return [*lines, "<p>No trials.</p>"]
+    columns = [k for k in board[0] if k not in DROPPED_COLUMNS]
+    shared = {}
+    for column in SHARED_COLUMNS:
+        values = {row.get(column, "") for row in board}
+        if column in columns and len(values) == 1:
+            shared[column] = values.pop()
+            columns.remove(column)
+    said = [f"{column.replace('_', ' ')} {_short_html(column, value)}" for column, value in shared.items() if value]
+    if said:
+        lines.append(f"<p>Every trial: {', '.join(said)}.</p>")
+    lines.append('<div class="wide"><table>')
+    lines.append("<tr>" + "".join(f"<th>{e(k).replace('_', '_<wbr>')}</th>" for k in columns) + "</tr>")
+    for row in board:
+        mark = ' class="winner"' if winner is not None and row.get("trial_id") == winner else ""
+        lines.append(f"<tr{mark}>" + "".join(_td(k, row[k]) for k in columns) + "</tr>")
+    lines.append("</table></div>")
+    return lines
+
+
+def _td(column: str, value: str) -> str:
+    if column not in TEXT_COLUMNS and _is_number(value):
+        return f'<td class="n">{html.escape(_cell(column, value))}</td>'
+    return f"<td>{_short_html(column, value)}</td>"
+
+
+def _short_html(column: str, value: str) -> str:
+    """A long id or text cut, the whole of it in a tooltip (title)."""
+    keep = NODE_ID_SHOWN if column == "node_id" else TEXT_SHOWN
+    if len(value) <= keep + 1:
+        return html.escape(value)
+    return f'<span title="{html.escape(value)}">{html.escape(value[:keep])}&hellip;</span>'
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _cell(column: str, value: str) -> str:

@@ -11,7 +11,7 @@
 
 Where results land: Ray keeps trials, checkpoints and TensorBoard files at --storage/<name> (a folder,
 or a URI such as s3://bucket/prefix that every node of a cluster reaches). At the end leaderboard.csv,
-best_config.yaml, best_checkpoint.pt and summary.json are written there AND to the local folder
+config.yaml, checkpoint.pt and summary.json are written there AND to the local folder
 --out/<name> (default: the storage folder when it is local, else runs/<name>), with a copy of every
 trial's TensorBoard event files; it prints the command that retrains the winner. Selection uses
 validation only; test metrics are computed for the winner alone, over every test window, and printed
@@ -21,16 +21,20 @@ beside the repeat-last and linear baselines scored on the same windows.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import TYPE_CHECKING
 
-from balm_tune.api import SearchPlan, SearchResult, check_cluster, check_final_seeds, execute, prepare_search
-from balm_tune.cluster import check_address
-from balm_tune.importance import Importances
-from balm_tune.outcome import Outcome
 from balm_tune.space import DEFAULT_SPACE
-from core.baselines import BASELINES, Metrics, comparison
 from core.config import parse_set_args
 from core.errors import BalmError
+
+if TYPE_CHECKING:
+    from balm_tune.api import SearchPlan
+
+# Ray's settings for a quiet console (without --verbose): no warning that a Tune event loop step took over
+# 0.5 s (on 2 cores it often does; nothing for the user to do); the progress table is balm_tune.console's
+QUIET_RAY = {"TUNE_WARN_THRESHOLD_S": "60"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,9 +107,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="log every trial to this Weights & Biases project (WANDB_MODE=offline writes runs locally)",
     )
     p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's full console output (its per-trial config and result boxes and its warnings)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate space, data and backbone availability, print the plan, start nothing",
+        help="validate space, data and backbone availability, print the plan and an estimate of the search's "
+        "wall time on this machine (from a few training steps measured here), start nothing",
     )
     return p.parse_args(argv)
 
@@ -150,7 +160,13 @@ def _strategy(strategy) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before torch, Ray and transformers are imported: --help answers at once
+    if not args.verbose:  # read when Ray Tune is imported, so set before it (a variable already set wins)
+        for key, value in QUIET_RAY.items():
+            os.environ.setdefault(key, value)
+    from balm_tune.api import check_cluster, check_final_seeds, execute, prepare_search
+    from balm_tune.cluster import check_address
+
     try:
         check_address(args.address)  # seconds, before the space, data and backbone checks
         check_final_seeds(args.final_seeds)
@@ -176,69 +192,24 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(plan)
         if args.dry_run:
             concurrent = check_cluster(plan, args.address)
+            if args.address in (None, "local"):  # a cluster's steps cannot be measured from here
+                from balm_tune.estimate import measure
+
+                print(measure(plan.space, plan.data, concurrent).line())
             print(f"dry run: everything checked (the cluster holds {concurrent} trials at once), nothing started")
             return 0
-        result = execute(plan, address=args.address, final_seeds=args.final_seeds)
+        result = execute(plan, address=args.address, final_seeds=args.final_seeds, verbose=args.verbose)
     except BalmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted before the trials started; continue with --name {plan.experiment.name} --resume")
         return 130
-    if result.interrupted:
-        print_interrupted(result)
+    if result.interrupted:  # execute printed the closing lines (SearchResult.text) in every case
         return 130
-    if "winner" not in result.summary:
-        print(f"no trial finished successfully; see {result.paths['leaderboard']}", file=sys.stderr)
+    if "winner" not in result.summary or result.summary.get("stalled"):
         return 1
-    print_summary(result)
     return 0
-
-
-def print_interrupted(result: SearchResult) -> None:
-    table = result.leaderboard
-    stopped = table[table["outcome"] == Outcome.INTERRUPTED]
-    for row in stopped.itertuples():
-        print(f"[trial {row.trial_id}] interrupted ({row.reason})")
-    print(
-        f"interrupted: {len(table)} trials, {len(stopped)} stopped by Ctrl-C; nothing "
-        f"exported. Continue with the same --storage and: --name {result.experiment.name} --resume"
-    )
-
-
-def print_summary(result: SearchResult) -> None:
-    summary, paths = result.summary, result.paths
-    outcomes = ", ".join(f"{n} {s}" for s, n in summary["outcomes"].items())
-    winner, test, windows = summary["winner"], summary["test"], summary["windows"]
-    scores = {
-        "val": Metrics(winner["best_val_mse"], winner["best_val_mae"], winner["val_windows"]),
-        "test": Metrics(test["test_mse"], test["test_mae"], test["test_windows"]),
-    }
-    print(f"\n{summary['trials']} trials ({outcomes}) in {summary['wall_seconds']:.0f}s")
-    print(
-        f"best trial {winner['trial_id']}: val {scores['val'].describe(windows['val_total'])} "
-        f"after {winner['epochs_run']} epochs; "
-        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["params"].items())
-    )
-    print(f"winner's test {scores['test'].describe(windows['test'])} (test data used for the winner only)")
-    if "final_seeds" in summary:
-        f = summary["final_seeds"]
-        print(
-            f"winner on {len(f['runs'])} further seeds: test mse {f['test_mse_mean']:.6f} +- {f['test_mse_std']:.6f}, "
-            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows['test']:,} windows)"
-        )
-    print(Importances(**summary["importances"]).line())
-    for name in BASELINES:
-        baseline = {split: Metrics(**summary["baselines"][name][split]) for split in ("val", "test")}
-        print(comparison(name, scores, baseline, who="the winner"))
-    print(f"leaderboard:   {paths['leaderboard']}")
-    print(f"best config:   {paths['best_config']}")
-    print(f"checkpoint:    {paths['best_checkpoint']}")
-    print(f"summary:       {paths['summary']}")
-    print(f"report:        {paths['report']}")
-    print(f"tensorboard:   tensorboard --logdir {result.experiment}")
-    print(f"optuna study:  optuna-dashboard {paths['study']}  (study name {result.experiment.name})")
-    print(f"retrain:       python -m balm_tune.train --config {paths['best_config']}")
 
 
 if __name__ == "__main__":

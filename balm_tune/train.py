@@ -5,7 +5,7 @@ evenly spaced subset (max_eval_batches) when it sets one. The repeat-last value 
 linear model are scored on exactly the same windows (core/baselines.py).
 
 python -m balm_tune.train                                   # the embedded CPU quick start
-python -m balm_tune.train --config runs/<name>/best_config.yaml
+python -m balm_tune.train --config runs/<name>/config.yaml
 python -m balm_tune.train --config paper.yaml --set learning_rate=0.01 --set epochs=20
 """
 
@@ -16,14 +16,16 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.baselines import BASELINES, comparison, run_baselines
 from core.config import BalmConfig, parse_set_args, quickstart
 from core.errors import BalmError
 from core.paths import PathError, check_name
-from core.train import EpochReport, Trainer, preflight, provenance
 
-OUTPUTS = ("config.yaml", "checkpoint.pt", "results.json")  # what a run writes in its folder
+if TYPE_CHECKING:
+    from core.train import EpochReport
+
+OUTPUTS = ("config.yaml", "checkpoint.pt", "summary.json")  # what a run writes in its folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +53,10 @@ def load_config(path: str | None, overrides: list[str]) -> BalmConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before torch and transformers are imported: --help answers at once
+    from core.baselines import BASELINES, comparison, run_baselines
+    from core.train import Trainer, preflight, provenance
+
     try:
         out = Path(args.out) / check_name(args.name or time.strftime("train-%Y%m%d-%H%M%S"))
         config = load_config(args.config, args.set)
@@ -94,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         "epochs_run": fit.epochs_run,
         "baselines": {
             name: {split: m.to_dict() for split, m in by_split.items()}
-            | {f"model_beats_on_{split}": scores[split].mse < m.mse for split, m in by_split.items()}
+            | {f"beats_on_{split}": scores[split].mse < m.mse for split, m in by_split.items()}
             for name, by_split in baselines.items()
         },
         **provenance(trainer),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"best epoch {fit.best_epoch}: val {scores['val'].describe(totals['val'])}")
     print(f"test {scores['test'].describe(totals['test'])}")
     for name in BASELINES:

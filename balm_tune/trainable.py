@@ -17,6 +17,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from balm_tune.outcome import DIVERGED_FACTOR
 from balm_tune.space import SearchSpace
 from core import backbones, prompts
 from core.backbones import Backbone, load_backbone
@@ -37,6 +38,7 @@ class SharedInputs:
     backbone: Backbone  # loaded with the most llm_layers any trial can ask for
     prompts: dict[str, PromptTokens]
     evaluate_test: bool = False  # final-seed retraining only; the search itself never sees test data
+    diverged_above: float = math.inf  # best val MSE that labels a trial diverged (balm_tune.outcome.trial_status)
 
     @property
     def num_threads(self) -> int:
@@ -90,11 +92,15 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
     def report(epoch: EpochReport) -> None:
         metrics = {
             **epoch.to_dict(),
+            # the scheduled rate as `lr`: `learning_rate` is a searched key (config/learning_rate in Tune's table)
+            "lr": epoch.learning_rate,
+            "diverged": _diverged(trainer.best["val_mse"], shared.diverged_above),
             "best_val_mae": trainer.best["val_mae"],
             "bad_epochs": trainer.best["bad_epochs"],
             "perturbations": perturbations,
             **context,
         }
+        del metrics["learning_rate"]
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
             (Path(folder) / LINEAGE_FILE).write_text(
@@ -105,9 +111,8 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
     try:
         trainer.fit(on_epoch=report)
     except DivergedError as err:  # a finished trial, recorded as failed with its reason; no retry
-        tune.report(
-            {"val_mse": math.inf, "best_val_mse": math.inf, "failed": str(err), "epoch": trainer.epoch, **context}
-        )
+        failed = {"failed": str(err), "diverged": str(err)}
+        tune.report({"val_mse": math.inf, "best_val_mse": math.inf, **failed, "epoch": trainer.epoch, **context})
         return
     if shared.evaluate_test:
         test = trainer.evaluate("test")  # every test window, as the paper scores
@@ -121,6 +126,14 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
                 **context,
             }
         )
+
+
+def _diverged(best_val_mse: float, above: float) -> str:
+    """Why a trial counts as diverged ('' when it does not)."""
+    if best_val_mse <= above:
+        return ""
+    baseline = above / DIVERGED_FACTOR
+    return f"best val mse {best_val_mse:.4g} > {DIVERGED_FACTOR:g} x the repeat-last baseline's {baseline:.4g}"
 
 
 def perturbations_of(folder: Path, params: dict) -> int:
@@ -150,9 +163,9 @@ def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Che
 
 
 def probe_gpu_memory(shared: SharedInputs) -> tuple[int, int]:
-    """(bytes a trial holds on its GPU, GPU bytes) after one epoch of 3 training batches and one
-    validation batch at the space's largest settings (a Ray task holding a whole GPU, alone on it);
-    `--gpus-per-trial auto` packs trials by it. What the process holds (its CUDA context and the
+    """(bytes a trial holds on its GPU, GPU bytes) after one epoch of 3 training batches and one scoring
+    batch (eval_batch_size windows) at the space's largest settings (a Ray task holding a whole GPU, alone
+    on it); `--gpus-per-trial auto` packs trials by it. What the process holds (its CUDA context and the
     allocator's cache included, read from the driver's free-memory figure) is counted, not only the
     peak of live tensors, since packed trials are separate processes that each hold all of it."""
     import torch
@@ -164,6 +177,7 @@ def probe_gpu_memory(shared: SharedInputs) -> tuple[int, int]:
     trainer = shared.trainer({**params, "max_train_batches": 3, "max_eval_batches": 1})
     torch.cuda.reset_peak_memory_stats()
     trainer.train_epoch()
-    trainer.evaluate("val", max_batches=1)
+    config = trainer.config  # one whole scoring pass: as many windows as one eval batch holds
+    trainer.evaluate("val", max_batches=-(-config.resolved_eval_batch_size // config.batch_size))
     free, total = torch.cuda.mem_get_info()
     return max(total - free, torch.cuda.max_memory_reserved()), total

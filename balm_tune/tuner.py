@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
 
 METRIC = "best_val_mse"  # what every searcher and scheduler minimises
 SYNC_PERIOD_S = 10  # the driver's experiment state reaches remote storage at most this late (Ray's default: 300)
+TUNE_SETTINGS = {  # Ray Tune's environment settings for every Tuner built here (a variable already set wins)
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",  # experiment snapshots for --resume: at most 5 s behind
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # snapshots that often are on purpose
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # balm_tune.callbacks.loggers() passes them
+}
 
 
 @dataclasses.dataclass
@@ -41,6 +47,7 @@ def build_tuner(
     stop: Stopper | None = None,
     checkpoints: int = 2,
     verbose: int | None = None,
+    progress_reporter=None,
     resume: bool = False,
 ):
     """A `tune.Tuner` over the BALM trainable writing to `folder`, a path or URI (or the interrupted one
@@ -51,6 +58,10 @@ def build_tuner(
 
     from balm_tune.callbacks import loggers
 
+    for key, value in TUNE_SETTINGS.items():  # read by Tune when it starts (fit), not at import
+        os.environ.setdefault(key, value)
+    if progress_reporter is not None:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune honours a custom reporter only in this engine
     trainable = trial_trainable(shared)
     if resume:
         return tune.Tuner.restore(folder.uri, trainable=trainable, resume_errored=True)
@@ -72,6 +83,7 @@ def build_tuner(
             sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
             stop=stop,
             verbose=verbose,
+            progress_reporter=progress_reporter,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints),
             callbacks=[*loggers(), *(callbacks or [])],
@@ -88,20 +100,22 @@ def make_tuner(
     journal: Path,
     warm_start: WarmStart | None = None,
     extra_callbacks: Sequence = (),
-    verbose: int | None = None,
+    verbose: bool = False,
     trust_experiment: bool = False,
 ):
     """The search's Tuner at `experiment` (a path or URI): the space's searcher (an Optuna sampler inside
     `StudySearch`; the study in the local file `journal`, named after the experiment) and scheduler, with
     its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers.
+    The console shows balm_tune.console.SearchTable and one line per ended trial; `verbose`: Ray's own output.
     With `resume`, the interrupted Tuner restored from `experiment` after its pickles are verified
     (balm_tune.integrity); a folder Tune never saved its state to starts afresh."""
     import optuna
     from ray.tune.search import BasicVariantGenerator
 
     from balm_tune.callbacks import TrialLines
+    from balm_tune.console import SearchTable
     from balm_tune.integrity import Sealer, verify
-    from balm_tune.optuna_search import StudyRecorder, StudyStopper, forget_lost_trials
+    from balm_tune.optuna_search import StudyRecorder, StudyStopper, TuneView, forget_lost_trials
     from balm_tune.strategies import create_scheduler, create_searcher
 
     if resume and restorable(experiment):
@@ -127,11 +141,15 @@ def make_tuner(
     if pbt:  # Ray allows no searcher beside PBT: it samples its own population,
         callbacks.append(StudyRecorder(search_alg, space.param_space()))  # recorded in the study all the same
         search_alg = BasicVariantGenerator(points_to_evaluate=space.enqueue or None, random_state=space.seed)
+    else:
+        callbacks.append(TuneView(search_alg))
     return build_tuner(
         shared,
         experiment,
         param_space=space.param_space(),
-        num_samples=space.num_samples,
+        # the study counts the budget (StudySearch ends the search): Tune's own counter, restored from a state
+        # file that may be a step newer than its trials, would otherwise end a resumed search a trial short
+        num_samples=space.num_samples if pbt else -1,
         concurrent=min(concurrent, space.num_samples),
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
@@ -140,7 +158,10 @@ def make_tuner(
         # it clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
         stop=StudyStopper(journal, experiment.name, last_epoch=space.max_epochs if pbt else None),
         checkpoints=4 if pbt else 2,
-        verbose=verbose,
+        verbose=3 if verbose else 1,  # 1: Tune's experiment status only, with this table
+        progress_reporter=None
+        if verbose
+        else SearchTable(list(space.search), space.max_epochs, space.base.patience, space.scheduler.type),
     )
 
 

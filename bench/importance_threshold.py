@@ -1,6 +1,6 @@
-"""How many COMPLETE trials importances need: a synthetic check behind balm_tune.importance.MIN_COMPLETE.
+"""How many trials importances need: the synthetic check behind balm_tune.importance.MIN_TRIALS and RELIABLE_TRIALS.
 
-    python bench/importance_threshold.py                    # about a minute on 2 CPU cores
+    python bench/importance_threshold.py                    # about 2 minutes on 2 CPU cores
 
 The default space's four keys with their own ranges and types; a synthetic objective where the
 learning rate dominates (a log-quadratic valley), the scaling factor matters a little and prompt_len
@@ -30,8 +30,8 @@ def objective(trial: optuna.Trial, noise: random.Random) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--trials", type=int, nargs="+", default=[5, 8, 10, 16, 24])
-    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--trials", type=int, nargs="+", default=[6, 8, 10, 12, 16])
+    p.add_argument("--seeds", type=int, default=20)
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     print("n trials | evaluator | learning_rate ranked first | mean importance of the 2 irrelevant keys")

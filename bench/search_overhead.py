@@ -41,7 +41,6 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-import balm_tune.api  # noqa: E402, F401  (sets the search's Tune environment defaults on import)
 from balm_tune.cluster import init_ray  # noqa: E402
 from balm_tune.optuna_search import JOURNAL  # noqa: E402
 from balm_tune.space import SearchSpace, load_space  # noqa: E402
@@ -161,7 +160,7 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
     fixed = dataclasses.replace(
         space, searcher=Strategy("random"), scheduler=Strategy("fifo"), enqueue=[dict(c) for c in configs]
     )
-    tuner = make_tuner(fixed, shared, open_location(storage / name), 1, False, storage / name / JOURNAL, verbose=0)
+    tuner = make_tuner(fixed, shared, open_location(storage / name), 1, False, storage / name / JOURNAL)
     fit_started = time.perf_counter()
     results = tuner.fit()
     fit_s = time.perf_counter() - fit_started

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 
-import balm_tune.api  # noqa: F401  (sets the search's Tune environment defaults on import)
 from balm_tune.cluster import init_ray
 from balm_tune.export import leaderboard
 from balm_tune.optuna_search import JOURNAL
@@ -111,7 +110,7 @@ def run_arm(
     `test_batches` evenly spaced batches)."""
     started = time.perf_counter()
     experiment = open_location(folder)
-    results = make_tuner(space, shared, experiment, concurrent, False, folder / JOURNAL, verbose=0).fit()
+    results = make_tuner(space, shared, experiment, concurrent, False, folder / JOURNAL).fit()
     wall = time.perf_counter() - started
     rows = leaderboard(results, space)
     epochs = sum(r.epochs_run for r in rows)

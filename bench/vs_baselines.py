@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def budget(space, leaderboard) -> dict:
     """The search's work: its upper bound and the training batches its trials actually ran."""
-    trials = leaderboard[leaderboard["kind"] == "trial"]
+    trials = leaderboard
     batches = space.base.max_train_batches
     return {
         "trials": len(trials),
@@ -107,8 +107,8 @@ def print_row(row: dict) -> None:
     for name, label in BASELINES.items():
         s = row["baselines"][name]
         print(
-            f"   winner vs {label}: {'beats' if s['winner_beats_on_val'] else 'loses'} on validation, "
-            f"{'beats' if s['winner_beats_on_test'] else 'loses'} on test"
+            f"   winner vs {label}: {'beats' if s['beats_on_val'] else 'loses'} on validation, "
+            f"{'beats' if s['beats_on_test'] else 'loses'} on test"
         )
 
 

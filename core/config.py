@@ -70,6 +70,7 @@ class BalmConfig:
     seed: int = 2021
     max_train_batches: int | None = None  # per epoch; None: all
     max_eval_batches: int | None = None  # evenly spaced fixed subset of windows; None: all
+    eval_batch_size: int | None = None  # windows per forward pass when scoring (no grad); None: 256 (>= batch_size)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     num_threads: int | None = None  # torch CPU threads; None: torch's default
@@ -97,7 +98,7 @@ class BalmConfig:
                 raise ConfigError(f"config key '{key}': got {getattr(self, key)!r}, expected one of {allowed}")
         positive = ["seq_len", "pred_len", "llm_layers", "patch_len", "stride", "d_model", "d_ff"]
         positive += ["batch_size", "batch_groups", "epochs", "patience", "max_train_batches", "max_eval_batches"]
-        positive += ["num_threads"]
+        positive += ["num_threads", "eval_batch_size"]
         for key in positive:
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -141,6 +142,12 @@ class BalmConfig:
     def n_patches(self) -> int:
         """Patches after replication-padding `stride` values: (T - p) // s + 2."""
         return (self.seq_len - self.patch_len) // self.stride + 2
+
+    @property
+    def resolved_eval_batch_size(self) -> int:
+        """Windows per forward pass when scoring: without gradients a larger batch costs little memory and
+        runs several times faster than batch_size (bench/eval_batch.py); the scores do not depend on it."""
+        return self.eval_batch_size or max(256, self.batch_size)
 
     @property
     def resolved_prompt_len(self) -> int:

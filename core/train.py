@@ -289,9 +289,9 @@ class Trainer:
     def evaluate(self, split: str, max_batches: int | None = None) -> Metrics:
         """MSE and MAE over every window of a split (or the evenly spaced subset of max_batches batches)."""
         self.model.eval()
-        index = eval_index(len(self.windows[split]), self.config.batch_size, max_batches)
+        index = eval_index(len(self.windows[split]), self.config.batch_size, max_batches)  # the subset: batch_size
         errors = ErrorSum()
-        for chunk in index.split(self.config.batch_size):
+        for chunk in index.split(self.config.resolved_eval_batch_size):
             x, y, ids, lengths = self.batch(split, chunk)
             with self.autocast():
                 forecast = self.model(x, ids, lengths).forecast

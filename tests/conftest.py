@@ -4,6 +4,7 @@ Tests need nothing outside the repository: the real ETTh1 ships as core/datasets
 small purpose-made files live in tests/data/.
 """
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,47 @@ def search_command(*args: str) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "balm_tune.search", *args]
+
+
+def run_command(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
+    """Run `command` in a process group of its own with its output captured. On a timeout the whole group
+    (a driver and the local Ray it started) is killed and the test fails with the command's last output,
+    so a hang shows where it waited instead of a bare TimeoutExpired."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
+    )
+    out, err = finish(process, timeout)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Wait for a process started in a group of its own (`start_new_session=True`) and return its output;
+    after `timeout` s its whole group is killed and the test fails with the last of that output."""
+    import os
+    import signal
+
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        command = " ".join(map(str, process.args[1:]))
+        pytest.fail(f"{command} did not end in {timeout:g} s; its last output:\n{out[-3000:]}\n{(err or '')[-3000:]}")
+
+
+def read_lines(process: subprocess.Popen) -> list[str]:
+    """The lines of `process.stdout`, collected by a background thread as they come (the list grows), so a
+    test waits for a line with `wait_for` and a timeout instead of blocking on a pipe that may never speak."""
+    import threading
+
+    lines: list[str] = []
+
+    def collect() -> None:
+        for line in process.stdout:
+            lines.append(line)
+
+    threading.Thread(target=collect, daemon=True).start()
+    return lines
 
 
 def free_port() -> int:

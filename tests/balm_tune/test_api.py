@@ -8,18 +8,23 @@ from balm_tune.space import SpaceError, load_space
 from tests.conftest import write_tiny_space
 
 
-def test_run_search_returns_the_leaderboard_best_config_test_metrics_and_paths(tmp_path):
+def test_run_search_returns_the_leaderboard_best_config_test_metrics_and_paths(tmp_path, capsys):
     space = write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1})
     result = run_search(space, name="api", storage=tmp_path / "runs", max_train_batches=2, sampler_seed=3)
     trials = result.leaderboard
-    assert isinstance(trials, pd.DataFrame) and len(trials) == 2 and set(trials["kind"]) == {"trial"}
+    assert isinstance(trials, pd.DataFrame) and len(trials) == 2
     assert trials["best_val_mse"].is_monotonic_increasing  # best first
-    assert list(result.baselines["trial_id"]) == ["repeat_last", "linear"]  # leaderboard.csv's marked rows
+    assert trials["prompt_len"].dtype.kind == trials["epochs_run"].dtype.kind == "i"  # integers read as integers
+    assert list(result.baselines["baseline"]) == ["repeat_last", "linear"]  # baselines.csv
+    assert (result.baselines["test_windows"] == result.test["test_windows"]).all()
     assert result.best_config.max_train_batches == 2  # the base override reached the trials
     assert result.best_config.prompt_len == trials["prompt_len"].iloc[0]
     assert result.test["test_mse"] > 0 and result.summary["test"] == result.test
-    assert {"leaderboard", "summary", "best_config", "best_checkpoint"} <= set(result.paths)
+    assert set(result.paths) == {"leaderboard", "baselines", "summary", "study", "config", "checkpoint", "report"}
     assert all(path.is_file() and tmp_path / "runs" / "api" in path.parents for path in result.paths.values())
+    # it ends as the CLI does: the same closing lines, printed and kept as text
+    assert result.text.splitlines()[-1] == f"retrain:       python -m balm_tune.train --config {result.paths['config']}"
+    assert capsys.readouterr().out.rstrip().endswith(result.text.rstrip())
 
 
 def test_prepare_search_checks_everything_and_starts_nothing(tmp_path):

@@ -23,7 +23,7 @@ from balm_tune.api import prepare_search
 from balm_tune.cluster import ClusterError
 from balm_tune.storage import open_location
 from balm_tune.train import main as train_main
-from tests.conftest import free_port, search_command, wait_for, write_tiny_space
+from tests.conftest import free_port, read_lines, run_command, search_command, wait_for, write_tiny_space
 
 RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray installed beside this Python
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the node id Ray's fake multi-node provider gives its head
@@ -191,14 +191,12 @@ def _fake_autoscaler(gcs_address: str) -> dict:
 
 def _search(tmp_path: Path, env: dict, *args: str, **sections) -> list[dict]:
     path = write_tiny_space(tmp_path, **sections)
-    run = subprocess.run(
+    run = run_command(
         search_command(
             "--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "c", "--address", "auto", *args
         ),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        timeout=420,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     experiment = tmp_path / "runs" / "c"
@@ -211,16 +209,12 @@ def _search(tmp_path: Path, env: dict, *args: str, **sections) -> list[dict]:
 def _refused(env: dict, folder: Path, *args: str) -> tuple[str, str]:
     """Run a search expected to stop before anything starts; returns (its one error line, stdout)."""
     space = write_tiny_space(folder)
-    run = subprocess.run(
-        search_command("--space", str(space), "--name", "refused", *args),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,  # today's hang (7+ minutes of GCS retries) fails here
-    )
+    run = run_command(
+        search_command("--space", str(space), "--name", "refused", *args), env=env, timeout=300
+    )  # today's hang (7+ minutes of GCS retries) fails here
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode == 2 and len(errors) == 1, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "Traceback" not in run.stderr and "loading the backbone" not in run.stdout  # nothing expensive ran
+    assert "Traceback" not in run.stderr and "loading the backbone" not in run.stdout  # nothing expensive
     return errors[0], run.stdout
 
 
@@ -289,12 +283,9 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     )
     experiment = open_location("s3://balm/cluster/s3")
     try:
-        lines = []
-        for line in driver.stdout:
-            lines.append(line)
-            if "[trial " in line:
-                break
-        finished = {line.split("]")[0].split()[-1] for line in lines if "[trial " in line}
+        lines = read_lines(driver)
+        wait_for(lambda: any("[trial " in x for x in lines), 300, "a first trial to end")
+        finished = {line.split("]")[0].split()[-1] for line in list(lines) if "[trial " in line}
         assert finished, "".join(lines[-50:])
 
         def state_knows_a_finished_trial() -> bool:  # Tune's experiment state, as synced to S3
@@ -308,18 +299,12 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     assert not experiment.child("leaderboard.csv").exists()
     before = {name: len(results) for name, results in _s3_results(experiment).items()}
 
-    resumed = subprocess.run(
-        search_command("--resume", "--final-seeds", "2", *where),
-        env=nodes.driver_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_command(search_command("--resume", "--final-seeds", "2", *where), env=nodes.driver_env, timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     out = folder / "out" / "s3"  # the exported results, on the driver's machine and in S3
-    for file in ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json"):
+    for file in ("leaderboard.csv", "config.yaml", "checkpoint.pt", "summary.json"):
         assert (out / file).is_file() and experiment.child(file).read_bytes() == (out / file).read_bytes(), file
-    rows = [r for r in csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())) if r["kind"] == "trial"]
+    rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
     assert len(rows) == 4 and all(r["status"] != "failed" for r in rows)
     assert len({r["node_id"] for r in rows}) == 1  # the node that shares no disk (the head has no CPU)
     params = [tuple(r[k] for k in ("prompt_len", "contrastive_weight", "scale_factor", "learning_rate")) for r in rows]
@@ -337,10 +322,8 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
     winner = json.loads((out / "summary.json").read_text())
     assert winner["experiment"] == "s3://balm/cluster/s3" and winner["test"]["test_mse"] > 0
     assert [r["test_mse"] > 0 for r in winner["final_seeds"]["runs"]] == [True, True]  # final-seed trials use S3 too
-    assert (
-        train_main(["--config", str(out / "best_config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"]) == 0
-    )
-    retrained = json.loads((tmp_path / "re" / "results.json").read_text())
+    assert train_main(["--config", str(out / "config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"]) == 0
+    retrained = json.loads((tmp_path / "re" / "summary.json").read_text())
     assert retrained["val_mse"] == pytest.approx(winner["winner"]["best_val_mse"], rel=1e-3)
 
 
@@ -355,23 +338,18 @@ def test_a_local_storage_path_on_nodes_sharing_no_disk_is_refused_before_anythin
 def test_gpu_trials_on_an_autoscaling_cluster_start_gpu_workers_from_zero_and_finish(autoscaling_cluster):
     nodes, folder = autoscaling_cluster
     space = write_tiny_space(folder, budget={"num_samples": 2, "max_epochs": 1})
-    run = subprocess.run(
-        search_command(
-            "--space", str(space), "--storage", "s3://balm/autoscaled", "--out", str(folder / "out"),
-            "--name", "auto", "--address", "auto", "--gpus-per-trial", "0.5",
-        ),
-        env=nodes.driver_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    command = search_command(
+        "--space", str(space), "--storage", "s3://balm/autoscaled", "--out", str(folder / "out"),
+        "--name", "auto", "--address", "auto", "--gpus-per-trial", "0.5",
     )  # fmt: skip
+    run = run_command(command, env=nodes.driver_env, timeout=420)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = _s3_results(open_location("s3://balm/autoscaled/auto"))
     assert len(results) == 2
     nodes_used = {r[0]["node_id"] for r in results.values()}
     assert FAKE_HEAD_NODE_ID not in nodes_used  # the CPU head has no GPU: the trials ran on started GPU workers
     assert all(r[0]["cuda_visible_devices"] for r in results.values())
-    assert (folder / "out" / "auto" / "best_config.yaml").is_file()
+    assert (folder / "out" / "auto" / "config.yaml").is_file()
 
 
 def test_a_demand_no_node_type_can_meet_is_refused_before_anything_starts(autoscaling_cluster):

@@ -180,7 +180,7 @@ def test_a_search_killed_after_any_upload_leaves_an_experiment_that_verifies(cac
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")  # Ray saves and uploads its state every second
     experiment = tmp_path / "runs" / "e"
     handler = SignedBeforeUpload(experiment)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     try:
         tuner = tune.Tuner(

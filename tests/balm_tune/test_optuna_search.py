@@ -20,14 +20,16 @@ from balm_tune.optuna_search import (
     WARM_START,
     StudySearch,
     StudyStopper,
+    TuneView,
     forget_lost_trials,
     open_study,
+    stall_of,
 )
 from balm_tune.space import load_space
 from tests.conftest import write_tiny_space
 
 SEARCH = {"num_samples": 5, "max_epochs": 3}
-STATES = {"finished": TrialState.COMPLETE, "pruned by asha": TrialState.PRUNED, "failed": TrialState.FAIL}
+STATES = {"finished": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}  # by outcome
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def ray_here():
     """One local Ray for this module's searches (run_search uses the Ray the process has started)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -65,7 +67,8 @@ def test_the_study_in_the_experiment_folder_matches_the_leaderboard(search):
     assert len(study.trials) == len(search.leaderboard) == SEARCH["num_samples"]
     for row in search.leaderboard.itertuples():
         trial = by_ray_id[row.trial_id]
-        assert trial.state == STATES[row.status], row
+        assert trial.state == STATES[row.outcome], row
+        assert ("diverged" in trial.user_attrs) == (row.status == "diverged"), row
         assert trial.intermediate_values == _epochs(search.experiment, row.trial_id)  # every epoch, the last too
         assert len(trial.intermediate_values) == row.epochs_run
         if trial.state == TrialState.COMPLETE:
@@ -231,6 +234,51 @@ def test_the_study_keeps_the_budget_and_trials_lost_at_a_kill_do_not_count(tmp_p
     again = _restored(first, tmp_path, num_samples=3)
     # whatever trial count Ray restores, the study allows one more trial: 3 in all
     assert isinstance(again.suggest("e"), dict) and again.suggest("f") == Searcher.FINISHED
+
+
+def test_a_restored_searcher_takes_its_running_trials_from_the_study_not_from_its_snapshot(tmp_path):
+    # the kill of issue 18: Ray uploaded a searcher snapshot newer than the experiment state it restores from
+    first = _searcher(tmp_path, num_samples=4)
+    first.set_max_concurrency(1)
+    assert isinstance(first.suggest("a"), dict)
+    first.on_trial_complete("a", result=_epoch(4, 0.5, 0.5))
+    assert isinstance(first.suggest("b"), dict)  # in the snapshot; the experiment state records only a
+    first.save(str(tmp_path / "searcher.pkl"))
+    assert forget_lost_trials(tmp_path / JOURNAL, "s", recorded={"a"}) == 1
+    again = _restored(first, tmp_path, num_samples=4)
+    again.set_max_concurrency(1)
+    assert again._ids == {}  # b is lost: it holds no place that a trial Tune never runs would never free
+    assert isinstance(again.suggest("c"), dict) and again.suggest("d") is None  # one at a time
+    again.on_trial_complete("c", result=_epoch(4, 0.6, 0.6))
+    assert isinstance(again.suggest("d"), dict) and again.suggest("e") is None
+    again.on_trial_complete("d", result=_epoch(4, 0.7, 0.7))
+    assert isinstance(again.suggest("e"), dict)  # the lost b does not count: exactly the missing trials
+    again.on_trial_complete("e", result=_epoch(4, 0.8, 0.8))
+    assert again.suggest("f") == Searcher.FINISHED
+    assert [t.state for t in again.study.trials].count(TrialState.COMPLETE) == 4
+
+
+def test_a_searcher_that_can_neither_propose_nor_finish_ends_the_search_with_one_line(tmp_path, capsys):
+    searcher = _searcher(tmp_path, num_samples=4)
+    searcher.set_max_concurrency(1)
+    assert isinstance(searcher.suggest("a"), dict)
+    assert searcher.suggest("b") is None  # a was just suggested: Tune has not shown its trials since
+    searcher.tune_holds({"a"})
+    assert searcher.suggest("b") is None  # Tune runs a: its end frees the place
+    # Tune ends its step holding no unfinished trial, yet a stays open: no trial can ever free the place
+    view = TuneView(searcher)
+    view.on_step_end(iteration=3, trials=[])
+    assert searcher.suggest("b") == Searcher.FINISHED
+    line = capsys.readouterr().out.strip()
+    assert line.count("\n") == 0 and line.startswith("warning: the search stalled")
+    assert "Tune ids a" in line and "after 1 of 4 trials" in line
+    assert stall_of(tmp_path / JOURNAL, "s") == line.removeprefix("warning: ")
+
+
+def test_the_view_and_its_searcher_stay_one_object_through_tuner_pkl(tmp_path):
+    searcher = _searcher(tmp_path)
+    again, view = pickle.loads(pickle.dumps((searcher, TuneView(searcher))))  # tuner.pkl: one pickle of both
+    assert view.searcher is again
 
 
 def test_a_searcher_without_a_snapshot_adopts_the_studys_open_trials_with_their_reported_epochs(tmp_path):

@@ -1,11 +1,14 @@
 """The report every search ends with: real tiny search, real pictures read back, the rebuild CLI."""
 
+import html
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -13,13 +16,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+from balm_tune import figures
 from balm_tune.api import run_search
-from balm_tune.forecasts import WINNER, rebuild_winner, winner_forecasts
-from balm_tune.importance import MIN_COMPLETE, STUDY_FILE
+from balm_tune.figures import TrialCurve
+from balm_tune.forecasts import WINNER, WindowForecast, rebuild_winner, winner_forecasts
+from balm_tune.importance import MIN_TRIALS, STUDY_FILE
 from balm_tune.report import ReportError, _cell, trial_curves, write_report
-from core.baselines import BASELINES
+from core.baselines import BASELINES, Metrics, comparison
 from core.config import ConfigError
 from core.data import DataError
 from tests.conftest import ETTH1, write_tiny_space
@@ -62,7 +69,7 @@ def test_index_html_shows_every_picture_and_every_trial_offline(search):
 def test_importances_are_in_the_summary_or_the_reason_they_are_not(search):
     summary = json.loads((search.experiment / "summary.json").read_text())
     importances = summary["importances"]
-    # 4 trials: never enough COMPLETE trials (or no persisted study) -> a reason, no numbers
+    # 4 trials: fewer than MIN_TRIALS with a validation score -> a reason, no numbers
     assert importances["values"] == {} and importances["reason"]
     assert importances["reason"] in (search.experiment / "report" / "index.html").read_text()
 
@@ -126,30 +133,32 @@ def test_the_cli_builds_the_report_of_an_experiment_in_s3_and_uploads_it_beside(
     )
 
 
-def test_a_persisted_study_with_enough_complete_trials_adds_the_importance_picture(search, tmp_path):
+def test_a_persisted_study_with_enough_trials_adds_the_importance_picture(search, tmp_path):
     copy = tmp_path / "studied"
     shutil.copytree(search.experiment, copy)
     backend = optuna.storages.journal.JournalFileBackend(str(copy / STUDY_FILE))
     study = optuna.create_study(
         storage=optuna.storages.JournalStorage(backend), study_name="studied", sampler=optuna.samplers.RandomSampler(0)
     )
-    # the searched keys; the learning rate alone decides the value
-    study.optimize(
-        lambda t: (
-            t.suggest_int("prompt_len", 2, 12),
-            t.suggest_float("contrastive_weight", 0.0, 2.0),
-            t.suggest_float("scale_factor", 0.25, 4.0, log=True),
-            abs(np.log(t.suggest_float("learning_rate", 3e-4, 1e-2, log=True) / 2e-3)),
-        )[-1],
-        n_trials=MIN_COMPLETE,
-    )
+
+    def objective(t: optuna.Trial) -> float:  # the searched keys; the learning rate alone decides the value
+        t.suggest_int("prompt_len", 2, 12)
+        t.suggest_float("contrastive_weight", 0.0, 2.0)
+        t.suggest_float("scale_factor", 0.25, 4.0, log=True)
+        value = abs(np.log(t.suggest_float("learning_rate", 3e-4, 1e-2, log=True) / 2e-3))
+        t.report(value, step=1)  # as every trial of a search reports each epoch
+        return value
+
+    trials = 2 * MIN_TRIALS
+    study.optimize(objective, n_trials=trials)
     report = write_report(copy)
     assert next(iter(report.importances.values)) == "learning_rate"
     assert (
         report.folder / "importances.png" in report.figures and imread(report.folder / "importances.png").shape[0] > 100
     )
     page = report.index.read_text()
-    assert '<img src="importances.png"' in page and f"over {MIN_COMPLETE} COMPLETE trials): learning_rate" in page
+    assert '<img src="importances.png"' in page and f"over {trials} trials, each by its best val mse" in page
+    assert "the last all of them reached): learning_rate" in page
     (copy / STUDY_FILE).unlink()  # a rebuild without the study keeps no stale importance picture
     assert write_report(copy).importances.values == {} and not (report.folder / "importances.png").exists()
 
@@ -157,9 +166,9 @@ def test_a_persisted_study_with_enough_complete_trials_adds_the_importance_pictu
 def test_a_changed_data_file_is_refused_before_the_model_is_built(search, tmp_path):
     copy = tmp_path / "changed"
     shutil.copytree(search.experiment, copy)
-    config = yaml.safe_load((copy / "best_config.yaml").read_text())
+    config = yaml.safe_load((copy / "config.yaml").read_text())
     config["extras"]["data_sha256"] = "0" * 64
-    (copy / "best_config.yaml").write_text(yaml.safe_dump(config))
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(
         DataError, match=r"ETTh1.csv: sha256 f18de3ad269c\.\.\. differs from the searched file's 000000000000"
     ):
@@ -174,11 +183,17 @@ def test_an_experiment_of_an_earlier_version_gives_one_line_not_a_traceback(sear
     (copy / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ReportError, match="summary.json: no window counts .* earlier balm_tune"):
         write_report(copy)
-    checkpoint = torch.load(copy / "best_checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(copy / "checkpoint.pt", weights_only=True)
     del checkpoint["scheduler"]["scheduler"]  # a checkpoint before schedules were saved
-    torch.save(checkpoint, copy / "best_checkpoint.pt")
+    torch.save(checkpoint, copy / "checkpoint.pt")
     with pytest.raises(ConfigError, match="no learning-rate schedule state"):
         rebuild_winner(copy)
+    renamed = tmp_path / "renamed"  # exported before train and search shared one set of file names
+    shutil.copytree(search.experiment, renamed)
+    (renamed / "config.yaml").rename(renamed / "best_config.yaml")
+    (renamed / "checkpoint.pt").rename(renamed / "best_checkpoint.pt")
+    with pytest.raises(ReportError, match=r"exported by an earlier balm_tune \(best_config.yaml, best_checkpoint.pt\)"):
+        write_report(renamed)
 
 
 def test_leaderboard_cells_keep_ids_as_written_and_shorten_floats():
@@ -192,3 +207,170 @@ def test_a_folder_that_is_not_an_experiment_gives_one_line_and_exit_2(tmp_path):
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith(f"error: {tmp_path}: not a finished balm_tune")
     assert list(tmp_path.iterdir()) == [tmp_path / "notes.txt"]  # nothing written
+
+
+# --- the page as a person sees it: headless Chromium at 1400 px ------------------------------------------------
+
+VIEWPORT = (1400, 1000)
+MEASURE = """<pre id="measure" hidden></pre><script>
+window.addEventListener("load", () => {
+  const page = document.documentElement;
+  document.getElementById("measure").textContent = JSON.stringify({
+    scrollWidth: page.scrollWidth, clientWidth: page.clientWidth, innerWidth: window.innerWidth,
+    images: [...document.images].map(i => [i.getAttribute("src"), i.naturalWidth, i.naturalHeight]),
+    boxes: [...document.querySelectorAll("table")].map(t => [t.scrollWidth, t.parentElement.clientWidth]),
+    text: document.body.innerText,
+  });
+});
+</script>"""
+
+
+def _chromium(*arguments: str, profile) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium): the page is not rendered")
+    command = [
+        binary,
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        f"--user-data-dir={profile}",
+        f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
+        "--virtual-time-budget=5000",
+        *arguments,
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
+def measure_page(report, tmp_path) -> dict:
+    """What Chromium lays out after window load: widths, every image's natural size, the visible text;
+    measured on a copy of the report into which a script is injected (the page itself has none)."""
+    copy = tmp_path / "rendered"
+    shutil.copytree(report, copy)
+    page = (copy / "index.html").read_text()
+    assert page.count("</body>") == 1
+    (copy / "index.html").write_text(page.replace("</body>", MEASURE + "</body>"))
+    dom = _chromium("--dump-dom", (copy / "index.html").as_uri(), profile=tmp_path / "profile").stdout
+    found = re.search(r'<pre id="measure"[^>]*>(.*?)</pre>', dom, re.S)
+    assert found and found.group(1), f"the measuring script wrote nothing: {dom[-1000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def _verdicts(summary: dict) -> list[str]:
+    """The lines `python -m balm_tune.search` prints for the baselines (balm_tune.closing)."""
+    winner, test = summary["winner"], summary["test"]
+    scores = {
+        "val": Metrics(winner["best_val_mse"], winner["best_val_mae"], winner["val_windows"]),
+        "test": Metrics(test["test_mse"], test["test_mae"], test["test_windows"]),
+    }
+    return [
+        comparison(name, scores, {s: Metrics(**summary["baselines"][name][s]) for s in ("val", "test")}, "the winner")
+        for name in BASELINES
+    ]
+
+
+def test_in_chromium_at_1400px_the_page_fits_every_picture_loads_and_the_verdict_shows(search, tmp_path):
+    report = search.experiment / "report"
+    seen = measure_page(report, tmp_path)
+    assert seen["innerWidth"] == VIEWPORT[0]
+    # no sideways scrolling: the page is no wider than the window (less its vertical scroll bar)
+    assert seen["scrollWidth"] <= seen["clientWidth"] <= VIEWPORT[0], seen["scrollWidth"]
+    assert all(width <= room for width, room in seen["boxes"]), seen["boxes"]  # no table scrolls in its box
+    assert sorted(src for src, *_ in seen["images"]) == _pictures(report)
+    assert all(width > 0 and height > 0 for _, width, height in seen["images"]), seen["images"]
+    summary = json.loads((report.parent / "summary.json").read_text())
+    text = seen["text"]
+    for line in _verdicts(summary):
+        assert line in text
+    assert "the winner beats it on val" in text or "the winner does NOT beat it on val" in text
+    for label in BASELINES.values():  # each baseline's row beside the winner's
+        assert re.search(rf"^{re.escape(label)}\t[\d.]+\t", text, re.M), label
+    assert re.search(rf"^winner {summary['winner']['trial_id']}\t[\d.]+\t", text, re.M)
+
+
+def test_the_page_is_compact_ids_cut_baselines_and_verdict_beside_the_winner(search):
+    page = (search.experiment / "report" / "index.html").read_text()
+    summary = json.loads((search.experiment / "summary.json").read_text())
+    board = search.leaderboard
+    for node in set(board["node_id"]):  # 56-character node ids: 8 characters, the whole id in a tooltip
+        assert f'title="{node}">{node[:8]}&hellip;' in page and f">{node}<" not in page
+    headers = re.findall(r"<th>([^<]*(?:<wbr>[^<]*)*)</th>", page)
+    assert "kind" not in headers and "outcome" not in headers  # every row a trial; its status says how it ended
+    assert "white-space:nowrap" in page  # status cells on one line
+    winner = summary["winner"]["trial_id"]
+    assert f'<tr class="winner"><td>{winner}</td>' in page
+    for line in _verdicts(summary):
+        assert html.escape(line) in page
+    for name, label in BASELINES.items():
+        row = re.search(rf"<tr><td>{re.escape(html.escape(label))}</td>(.*?)</tr>", page).group(1)
+        beats = [summary["baselines"][name][f"beats_on_{s}"] for s in ("val", "test")]
+        assert re.findall(r'<td class="(?:yes|no)">(yes|NO)</td>', row) == ["yes" if b else "NO" for b in beats]
+
+
+def _drawn(monkeypatch, draw, *args) -> Figure:
+    """The Figure a figures function draws (its PNG not written)."""
+    kept = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: kept.append(fig))
+    draw(*args, Path("unused.png"))
+    (fig,) = kept
+    fig.canvas.draw()
+    return fig
+
+
+def _legend(fig: Figure) -> list[str]:
+    legend = fig.axes[0].get_legend()
+    return [] if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def _curve(trial_id, order, status, values) -> TrialCurve:
+    return TrialCurve(trial_id, order, status, list(range(1, len(values) + 1)), values, min(values))
+
+
+def test_legends_list_only_what_is_drawn_and_the_winner_stands_out_of_muted_trials(monkeypatch):
+    trials = [_curve(f"t{i:02d}", i, "finished", [1.0 + i / 50, 0.9 + i / 50, 0.8 + i / 50]) for i in range(14)]
+    trials += [_curve("s1", 14, "pruned by asha", [1.3]), _curve("s2", 15, "pruned by asha", [1.2, 1.1])]
+    winner = "t00"
+    fig = _drawn(monkeypatch, figures.curves, trials, winner, "all 10 validation windows")
+    assert _legend(fig) == ["finished", "pruned by asha", f"winner {winner}"]  # no "failed": none failed
+    lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 1]
+    thick = [line for line in lines if line.get_linewidth() >= 2.5]
+    assert len(thick) == 1 and to_rgb(thick[0].get_color()) == to_rgb(figures.WINNER_COLOR)
+    for line in lines:  # the 15 others: thin and grey, no cycle of 16 colours
+        if line is not thick[0]:
+            red, green, blue = to_rgb(line.get_color())
+            assert line.get_linewidth() <= 1.0 and red == green == blue
+    fig = _drawn(monkeypatch, figures.history, trials, winner, "all 10 validation windows")
+    assert _legend(fig) == ["finished", "pruned by asha", "best so far", f"winner {winner}"]
+
+    failed = [*trials, _curve("f1", 16, "failed", [2.0]), TrialCurve("f2", 17, "failed", [], [], math.nan)]
+    assert _legend(_drawn(monkeypatch, figures.curves, failed, None, "w")) == ["finished", "pruned by asha", "failed"]
+    finished = [t for t in trials if t.status == "finished"]
+    assert _legend(_drawn(monkeypatch, figures.history, finished, None, "w")) == ["finished", "best so far"]
+
+
+def test_forecast_panels_say_their_window_and_scores_in_legible_text_inside_the_picture(monkeypatch):
+    rng = np.random.default_rng(0)
+    methods = [WINNER, *BASELINES.values()]
+    windows = [
+        WindowForecast(
+            variable=variable,
+            first_date=f"2018-02-{day:02d} 00:00:00",
+            history=rng.normal(size=96),
+            truth=rng.normal(size=24),
+            forecasts={m: rng.normal(size=24) for m in methods},
+            mse={m: float(v) for m, v in zip(methods, [0.0111, 0.0418, 0.00867])},
+        )
+        for variable in ("HUFL", "OT")
+        for day in (10, 20, 28)
+    ]
+    fig = _drawn(monkeypatch, figures.forecasts, windows, "caption")
+    canvas = fig.bbox
+    for ax in fig.axes:
+        title = ax.title if ax.title.get_text() else ax._left_title
+        assert "MSE" in title.get_text() and "repeat-last 0.0418" in title.get_text()
+        assert title.get_fontsize() >= 10  # points at the saved size
+        box = title.get_window_extent()
+        assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1, f"{title.get_text()!r} runs off the picture"
+    assert min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 10

@@ -17,12 +17,12 @@ from balm_tune.search import main as search_main
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
 from core.data import load_data
-from tests.conftest import ETTH1, search_command, wait_for, write_tiny_space
+from tests.conftest import ETTH1, finish, read_lines, run_command, search_command, wait_for, write_tiny_space
 
 
-def _rows(experiment: Path, kind: str = "trial") -> list[dict]:
-    with open(experiment / "leaderboard.csv") as handle:
-        return [row for row in csv.DictReader(handle) if row["kind"] == kind]
+def _rows(experiment: Path, file: str = "leaderboard.csv") -> list[dict]:
+    with open(experiment / file) as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def search(tmp_path_factory):
     """One 6-trial search (Optuna TPE + ASHA, 3 epochs max) shared by the tests of this module."""
     folder = tmp_path_factory.mktemp("search")
     args = ["--space", str(write_tiny_space(folder)), "--storage", str(folder / "runs"), "--name", "e2e"]
-    run = subprocess.run(search_command(*args, "--final-seeds", "2"), capture_output=True, text=True, timeout=600)
+    run = run_command(search_command(*args, "--final-seeds", "2"), timeout=420)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return folder / "runs" / "e2e", run.stdout
 
@@ -51,18 +51,18 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
     } <= set(rows[0])
     assert any(r["status"] == "pruned by asha" for r in rows), rows
     assert float(rows[0]["best_val_mse"]) == min(float(r["best_val_mse"]) for r in rows)
-    best = BalmConfig.load(experiment / "best_config.yaml")
+    best = BalmConfig.load(experiment / "config.yaml")
     assert best.epochs == 3 and best.prompt_len == int(rows[0]["prompt_len"])
     for key in ("torch", "transformers", "ray", "optuna", "device", "precision", "seed", "data_sha256"):
         assert key in best.extras, key
     assert best.extras["data_sha256"] == "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066"
-    assert (experiment / "best_checkpoint.pt").is_file()
+    assert (experiment / "checkpoint.pt").is_file()
     summary = json.loads((experiment / "summary.json").read_text())
     assert summary["test"]["test_mse"] > 0 and summary["winner"]["trial_id"] == rows[0]["trial_id"]
     # built once in the driver; trials load no backbone and tokenise no prompt
     assert summary["built_in_driver"]["backbone_loads"] == 1
     assert summary["built_in_trials"] == {"backbone_loads": 0, "prompt_builds": 0}
-    assert f"python -m balm_tune.train --config {experiment / 'best_config.yaml'}" in out
+    assert f"python -m balm_tune.train --config {experiment / 'config.yaml'}" in out
     assert f"tensorboard --logdir {experiment}" in out
     assert "To visualize your results with TensorBoard" not in out  # Ray's hint names a folder under /tmp/ray
     assert out.count("[trial ") >= 6  # one line per finished trial
@@ -71,6 +71,21 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
     assert sorted(r["seed"] for r in seeds["runs"]) == [best.seed + 1, best.seed + 2]
     assert seeds["test_mse_mean"] == pytest.approx(sum(r["test_mse"] for r in seeds["runs"]) / 2)
     assert seeds["test_mse_std"] > 0 and "winner on 2 further seeds: test mse" in out
+
+
+def test_the_console_is_one_table_a_line_per_trial_and_a_phase_line_before_each_long_step(search):
+    _, out = search
+    lines = out.splitlines()
+    assert len(lines) <= 70, out  # 6 trials, 2 final seeds (the default search of 16 trials: about 100)
+    assert not any(box in out for box in "╭╰│") and "process_trial_result" not in out  # no Ray boxes, no idle warnings
+    assert sum(line.startswith("[trial ") for line in lines) == 6  # one line per ended trial
+    (header,) = [line for line in lines if line.split()[:5] == ["trial", "status", "epoch", "val", "mse"]]
+    assert header.split()[5:] == ["best", "val", "contrastive_weight", "learning_rate", "prompt_len", "scale_factor"]
+    assert any(" pruned by asha " in line for line in lines)  # the scheduler's word, not Tune's TERMINATED
+    for phase in ("loading the backbone", "scoring the repeat-last and linear baselines", "scoring the winner",
+                  "retraining the winner on 2 further seeds", "writing the report"):  # fmt: skip
+        assert any(line.startswith(phase) and line.endswith("...") for line in lines), phase
+    assert lines[-1].startswith("retrain:       python -m balm_tune.train --config")
 
 
 def test_the_winner_is_tested_on_every_test_window_beside_baselines_scored_on_the_same_windows(search):
@@ -83,14 +98,15 @@ def test_the_winner_is_tested_on_every_test_window_beside_baselines_scored_on_th
     assert all(run["test_windows"] == test_windows for run in summary["final_seeds"]["runs"])
     assert f"winner's test mse {summary['test']['test_mse']:.4f}" in out and f"over {test_windows:,} windows" in out
     winner = summary["winner"]["best_val_mse"]
-    baselines = {row["trial_id"]: row for row in _rows(experiment, "baseline")}
+    baselines = {row["baseline"]: row for row in _rows(experiment, "baselines.csv")}
     assert set(baselines) == set(summary["baselines"]) == {"repeat_last", "linear"}
     for name, scores in summary["baselines"].items():
         assert scores["val"]["windows"] == 64 and scores["test"]["windows"] == test_windows
-        assert float(baselines[name]["best_val_mse"]) == pytest.approx(scores["val"]["mse"])
-        assert scores["winner_beats_on_val"] == (winner < scores["val"]["mse"])
-        assert scores["winner_beats_on_test"] == (summary["test"]["test_mse"] < scores["test"]["mse"])
-        verdict = "beats" if scores["winner_beats_on_val"] else "does NOT beat"
+        assert float(baselines[name]["val_mse"]) == pytest.approx(scores["val"]["mse"])
+        assert int(baselines[name]["test_windows"]) == test_windows
+        assert scores["beats_on_val"] == (winner < scores["val"]["mse"])
+        assert scores["beats_on_test"] == (summary["test"]["test_mse"] < scores["test"]["mse"])
+        verdict = "beats" if scores["beats_on_val"] else "does NOT beat"
         assert f"the winner {verdict} it on val ({winner:.4f} vs {scores['val']['mse']:.4f})" in out
     # the linear baseline, refitted here by hand on every training window, scores the same on test
     x = data.train.inputs(torch.arange(len(data.train))).double()
@@ -107,12 +123,10 @@ def test_retraining_the_best_config_reproduces_the_winners_validation_mse(search
     experiment, _ = search
     winner = json.loads((experiment / "summary.json").read_text())["winner"]
     assert (
-        train_main(
-            ["--config", str(experiment / "best_config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"]
-        )
+        train_main(["--config", str(experiment / "config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"])
         == 0
     )
-    retrained = json.loads((tmp_path / "re" / "results.json").read_text())
+    retrained = json.loads((tmp_path / "re" / "summary.json").read_text())
     assert retrained["val_mse"] == pytest.approx(winner["best_val_mse"], abs=1e-6)
 
 
@@ -125,7 +139,9 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(search):
     assert len(trial_dirs) == 6
     for trial_dir in trial_dirs:
         events = EventAccumulator(str(trial_dir)).Reload()
-        assert {"ray/tune/val_mse", "ray/tune/train_loss", "ray/tune/learning_rate"} <= set(events.Tags()["scalars"])
+        scalars = set(events.Tags()["scalars"])
+        assert {"ray/tune/val_mse", "ray/tune/train_loss", "ray/tune/lr"} <= scalars  # lr: the scheduled rate
+        assert "ray/tune/learning_rate" not in scalars  # the searched key's name is the hparam's alone
         assert len(events.Scalars("ray/tune/val_mse")) >= 1
         content = events.PluginTagToContent("hparams")
         session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
@@ -168,16 +184,11 @@ def test_a_truncated_winner_checkpoint_is_not_exported_and_earlier_results_are_k
     for checkpoint in trial.glob("checkpoint_*/trainer.pt"):
         checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
     before = _files(experiment)
-    run = subprocess.run(
-        search_command("--storage", str(experiment.parent), "--name", "copy", "--resume"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_command(search_command("--storage", str(experiment.parent), "--name", "copy", "--resume"), timeout=420)
     assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"of the winning trial {winner} cannot be loaded" in run.stderr and "nothing exported" in run.stderr
     after = _files(experiment)
-    for name in ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json"):
+    for name in ("leaderboard.csv", "config.yaml", "checkpoint.pt", "summary.json"):
         assert after[name] == before[name], name
 
 
@@ -190,18 +201,16 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path
         },
         budget={"num_samples": 3, "max_epochs": 1},
     )
-    run = subprocess.run(
-        search_command("--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "nan"),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run = run_command(
+        search_command("--space", str(path), "--storage", str(tmp_path / "runs"), "--name", "nan"), timeout=420
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = _rows(tmp_path / "runs" / "nan")
-    failed = [r for r in rows if r["status"] == "failed"]
+    failed = [r for r in rows if r["outcome"] == "failed"]
     assert failed and all("training loss became" in r["reason"] for r in failed)
+    assert {r["status"] for r in failed} == {"diverged"}  # a non-finite loss is labelled diverged
     assert all(float(r["learning_rate"]) == 1e30 for r in failed)
-    assert BalmConfig.load(tmp_path / "runs" / "nan" / "best_config.yaml").learning_rate == 0.001
+    assert BalmConfig.load(tmp_path / "runs" / "nan" / "config.yaml").learning_rate == 0.001
 
 
 def _result_lines(trial_dir: Path) -> list[dict]:
@@ -230,18 +239,16 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
     driver = subprocess.Popen(
         search_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )  # its own process group: the local Ray dies with it
-    lines = []
-    for line in driver.stdout:
-        lines.append(line)
-        if sum("[trial " in x for x in lines) >= 2:
-            break
+    lines = read_lines(driver)
+    wait_for(lambda: sum("[trial " in x for x in lines) >= 2, 300, "two trials to end")
+    printed = list(lines)  # trials that had ended when the kill was decided
     deadline = time.monotonic() + 60  # kill once Tune's saved state holds a trial as running
     while "RUNNING" not in _snapshot(experiment).values() and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     assert not (experiment / "leaderboard.csv").exists()
-    finished = {line.split("]")[0].split()[-1] for line in lines if "[trial " in line}
+    finished = {line.split("]")[0].split()[-1] for line in printed if "[trial " in line}
     before = {d.name: len(_result_lines(d)) for d in experiment.iterdir() if d.name.startswith("train_balm_")}
     # the race a kill can land in: the searcher closed a trial that Tune's last snapshot still holds as running
     # (ASHA stopped it in the seconds between); made certain here by closing the one with the most epochs left
@@ -257,12 +264,7 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
         t: study.trials[by_tune_id[t].number] for t in live if study.trials[by_tune_id[t].number].state.is_finished()
     }
 
-    resumed = subprocess.run(
-        search_command("--storage", str(storage), "--name", "killed", "--resume"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_command(search_command("--storage", str(storage), "--name", "killed", "--resume"), timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = _rows(experiment)
     assert len(rows) == 8 and all(r["status"] != "failed" for r in rows)
@@ -286,6 +288,62 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
             assert len(trial.intermediate_values) == int(row["epochs_run"])
 
 
+@pytest.mark.parametrize("counted", [0, 1], ids=["counter-as-saved", "counter-one-ahead"])
+def test_a_resume_whose_tune_state_is_a_step_ahead_of_its_trials_trains_exactly_the_missing_trials(tmp_path, counted):
+    """Issue 18: Ray uploads its state files one at a time, so a driver killed during an upload can leave
+    a searcher state (`search_gen_state-*`: Tune's trial counter and its list of live trials) a step newer
+    than the experiment state that Tune restores its trials from: the newer one holds a trial that the
+    study then marks lost. Made certain here: the driver is killed once a trial has finished, and the
+    state it left is advanced by that asked trial, with Tune's counter as saved or counting it too. The
+    search used to wait for the trial forever (counter as saved) or end a trial short (counter ahead)."""
+    import ray.cloudpickle as cloudpickle
+
+    from balm_tune.integrity import seal
+    from balm_tune.storage import open_location
+
+    path = write_tiny_space(
+        tmp_path, base={"max_train_batches": 30}, budget={"num_samples": 4, "max_epochs": 2},
+        resources={"cpus_per_trial": 2},  # one trial at a time on this 2-CPU Ray
+    )  # fmt: skip
+    storage, experiment = tmp_path / "runs", tmp_path / "runs" / "ahead"
+    args = ("--space", str(path), "--storage", str(storage), "--name", "ahead")
+    driver = subprocess.Popen(
+        search_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        wait_for(lambda: "TERMINATED" in _snapshot(experiment).values(), 300, "Tune to save a finished trial")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    known = _snapshot(experiment)
+    assert len(known) < 4, known
+    # the trial the searcher asked for next: in the study (the journal is written at once) and in the newer
+    # searcher state (Tune's counter and its concurrency limiter's live trials), not in the experiment state
+    study = open_study(experiment / "optuna.journal", "ahead")
+    asked = study.ask()
+    asked.set_user_attr("ray_trial_id", "a5c4e000")
+    (state_file,) = experiment.glob("search_gen_state-*.json")
+    state = cloudpickle.loads(state_file.read_bytes())
+    state["counter"] += counted
+    limiter = state.get("name:ConcurrencyLimiter")
+    if limiter is not None:  # the old layout; the searcher now counts its own running trials
+        limiter["live_trials"] = {"a5c4e000"}
+        limiter["num_unfinished_live_trials"] = 1
+    state_file.write_bytes(cloudpickle.dumps(state))
+    seal(open_location(experiment))  # as the killed driver's Sealer would have signed them
+
+    resumed = run_command(search_command("--storage", str(storage), "--name", "ahead", "--resume"), timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = _rows(experiment)
+    assert len(rows) == 4 and "a5c4e000" not in {r["trial_id"] for r in rows}  # exactly the budget, all trained
+    study = open_study(experiment / "optuna.journal", "ahead")
+    counted = [t for t in study.trials if not t.user_attrs.get("lost")]
+    assert {t.user_attrs["ray_trial_id"] for t in counted} == {r["trial_id"] for r in rows}
+    lost = {t.user_attrs["ray_trial_id"]: t.state for t in study.trials if t.user_attrs.get("lost")}
+    assert "a5c4e000" in lost and set(lost.values()) == {TrialState.FAIL}  # (the kill may have lost one too)
+    assert "stalled" not in resumed.stdout + resumed.stderr
+
+
 def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     path = write_tiny_space(tmp_path, base={"max_train_batches": 60}, budget={"num_samples": 1, "max_epochs": 4})
     storage = tmp_path / "runs"
@@ -305,7 +363,7 @@ def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
         )
         first = _result_lines(trial_dir)[0]
         os.kill(first["pid"], signal.SIGKILL)  # the Ray worker running the trial
-        out, _ = driver.communicate(timeout=400)
+        out, _ = finish(driver, timeout=400)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -331,13 +389,13 @@ def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(
     try:
         wait_for(lambda: any(_result_lines(d) for d in experiment.glob("train_balm_*")), 240, "a first epoch")
         os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
-        out, _ = driver.communicate(timeout=300)
+        out, _ = finish(driver, timeout=300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out[-3000:]
     assert "interrupted (after " in out and "nothing exported" in out, out[-3000:]
-    exported = ("leaderboard.csv", "best_config.yaml", "best_checkpoint.pt", "summary.json")
+    exported = ("leaderboard.csv", "config.yaml", "checkpoint.pt", "summary.json")
     assert not any((experiment / name).exists() for name in exported)
     epochs = {d.name: [r["epoch"] for r in _result_lines(d)] for d in experiment.glob("train_balm_*")}
 
@@ -345,12 +403,7 @@ def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(
     err = capsys.readouterr().err
     assert "--resume continues" in err and "budget.max_epochs: 2 vs 4" in err and err.count("\n") == 1
 
-    resumed = subprocess.run(
-        search_command("--storage", str(storage), "--name", "ctrlc", "--resume"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_command(search_command("--storage", str(storage), "--name", "ctrlc", "--resume"), timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = _rows(experiment)
     assert len(rows) == 3 and {r["status"] for r in rows} <= {"finished", "pruned by asha"}, rows

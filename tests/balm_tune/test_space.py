@@ -94,6 +94,7 @@ def test_dry_run_checks_everything_and_starts_nothing(write_space, tmp_path, cap
     )
     out = capsys.readouterr().out
     assert "7 trials x up to 3 epochs" in out and "search learning_rate: log_float" in out and "dry run" in out
+    assert "estimate: " in out and "from a measured step" in out  # a few steps trained here, no Ray
     assert not (tmp_path / "runs").exists()
     assert search_main(["--space", str(path), "--dry-run", "--set", "backbone=no-such/model"]) == 2
     assert "backbone 'no-such/model'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ def ray_here():
     """One local Ray for this module's searches (run_search uses the Ray the process has started)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

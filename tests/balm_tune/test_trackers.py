@@ -40,7 +40,7 @@ def test_mlflow_has_one_run_per_trial_with_its_params_and_epoch_metrics(tracked)
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tracked")
     runs = client.search_runs([experiment.experiment_id])
-    trials = result.leaderboard[result.leaderboard["kind"] == "trial"]
+    trials = result.leaderboard
     assert len(runs) == len(trials) == 2
     by_prompt_len = {int(r.data.params["prompt_len"]): r for r in runs}
     for _, row in trials.iterrows():
@@ -77,7 +77,7 @@ def _wandb_records(path):
 def test_wandb_offline_writes_one_run_per_trial_with_its_config_and_epoch_metrics(tracked):
     folder, result = tracked
     runs = sorted((folder / "wandb").glob("offline-run-*/run-*.wandb"))
-    trials = result.leaderboard[result.leaderboard["kind"] == "trial"]
+    trials = result.leaderboard
     assert len(runs) == len(trials)
     best = set()
     for run in runs:
@@ -127,7 +127,7 @@ def test_a_wandb_logging_actor_is_killed_only_after_its_run_has_finished(tmp_pat
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         callback, trial, marker = FinishedWandbLoggerCallback(project="p"), object(), tmp_path / "finished"
         actor = SlowFinish.remote()

@@ -199,15 +199,15 @@ def test_train_cli_trains_and_writes_results(tiny_config, tmp_path, capsys):
         train_main(["--config", str(path), "--set", "epochs=1", "--out", str(tmp_path), "--name", "r", "--quiet"]) == 0
     )
     out = capsys.readouterr().out
-    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    results = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert results["test_windows"] == 19_999 and results["val_windows"] == 64  # every test window; val subset
     assert f"test mse {results['test_mse']:.4f} mae {results['test_mae']:.4f} over 19,999 windows" in out
     assert "val mse" in out and "over 64 of 19,999 windows" in out
     for name in ("repeat-last value", "linear (least squares, look-back -> horizon)"):
         assert f"baseline {name}: val mse" in out
     linear = results["baselines"]["linear"]
-    assert linear["test"]["windows"] == 19_999 and linear["model_beats_on_test"] == (
+    assert linear["test"]["windows"] == 19_999 and linear["beats_on_test"] == (
         results["test_mse"] < linear["test"]["mse"]
     )
-    assert {p.name for p in (tmp_path / "r").iterdir()} == {"config.yaml", "checkpoint.pt", "results.json"}
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"config.yaml", "checkpoint.pt", "summary.json"}
     assert BalmConfig.load(tmp_path / "r" / "config.yaml").epochs == 1
