@@ -220,8 +220,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
         leaderboard_frame,
         publish,
         verify_checkpoint,
-        write_baselines,
-        write_leaderboard,
+        write_rows,
         write_summary,
     )
     from balm_tune.importance import experiment_importances
@@ -290,9 +289,10 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
         if winners:
             verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
         paths["baselines"] = experiment / "baselines.csv"
-        write_leaderboard(rows, paths["leaderboard"])
-        write_baselines(baseline_rows(baselines), paths["baselines"])
-        table, baseline_table = leaderboard_frame(rows), leaderboard_frame(baseline_rows(baselines))
+        scored = baseline_rows(baselines)
+        write_rows(rows, paths["leaderboard"])
+        write_rows(scored, paths["baselines"])
+        table, baseline_table = leaderboard_frame(rows), leaderboard_frame(scored)
         summary = {
             "experiment": location.uri,
             "results": str(experiment),

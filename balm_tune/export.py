@@ -126,13 +126,8 @@ def baseline_rows(baselines: dict[str, dict]) -> list[BaselineRow]:
 Row = TrialRow | BaselineRow
 
 
-def write_leaderboard(rows: list[TrialRow], path: Path) -> None:
-    """The trials, best first (leaderboard.csv; written atomically)."""
-    _write_atomic(path, _csv_text(rows).encode())
-
-
-def write_baselines(rows: list[BaselineRow], path: Path) -> None:
-    """The baselines beside them (baselines.csv; written atomically)."""
+def write_rows(rows: list[Row], path: Path) -> None:
+    """leaderboard.csv (the trials, best first) or baselines.csv (the baselines beside them), atomically."""
     _write_atomic(path, _csv_text(rows).encode())
 
 
