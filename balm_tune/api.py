@@ -28,30 +28,28 @@ from pathlib import Path
 from typing import Any
 
 from balm_tune.cluster import Cluster
-from balm_tune.optuna_search import JOURNAL, close_study, finished_trials, stall_of
+from balm_tune.experiment import JOURNAL, SPACE, TRIAL_FILES, Experiment, Summary, Windows, Winner
+from balm_tune.optuna_search import close_study, finished_trials, stall_of
 from balm_tune.outcome import DIVERGED_FACTOR, Outcome
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space
-from balm_tune.storage import Location, open_location
+from balm_tune.storage import Location
 from balm_tune.trackers import Trackers
 from balm_tune.tuner import WarmStart
 from core.config import BalmConfig
 from core.data import ForecastData
-from core.paths import check_name, writable_folder
+from core.paths import check_name
 from core.train import preflight
-
-SPACE_COPY = "search_space.yaml"
 
 
 @dataclass
 class SearchPlan:
-    """A checked search, ready to run: the resolved space, its data, where Ray keeps the experiment
-    (`location`: a local folder or a URI every node reaches) and the local folder that receives the
-    exported results (`experiment`; the same folder when the storage is local)."""
+    """A checked search, ready to run: the resolved space, its data and its experiment (where Ray keeps
+    it, a local folder or a URI every node reaches, and the local folder that receives the exported
+    results; balm_tune.experiment)."""
 
     space: SearchSpace
     data: ForecastData
-    experiment: Path
-    location: Location
+    experiment: Experiment
     resume: bool = False
     trust_experiment: bool = False  # --resume a folder whose pickles this user's key did not sign
     auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
@@ -65,7 +63,7 @@ class SearchResult:
 
     experiment: Path
     leaderboard: Any  # pandas.DataFrame, one row per trial, best first (leaderboard.csv's trial rows)
-    summary: dict
+    summary: Summary | None  # summary.json (None when interrupted)
     best_config: BalmConfig | None = None
     test: dict | None = None
     paths: dict[str, Path] = field(default_factory=dict)
@@ -117,69 +115,72 @@ def prepare_search(
     auto_gpus = gpus_per_trial == "auto"
     path = DEFAULT_SPACE if space is None else space.path if isinstance(space, SearchSpace) else Path(space)
     name = name or f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    location = open_location(storage).child(name)
-    default_out = Path(location.parent.path) if location.is_local else Path("runs")
-    experiment = writable_folder(out, "--out") / name if out is not None else default_out.resolve() / name
-    saved = _saved_space(location, experiment, trust_experiment) if resume else None
+    experiment = Experiment.open(storage, name, out)
+    saved = _saved_space(experiment, trust_experiment) if resume else None
     space = space if isinstance(space, SearchSpace) else saved if space is None and saved else load_space(path)
-    if overrides:
-        space = space.with_base_overrides(overrides)
-    space = space.with_overrides(
-        num_samples=num_samples,
-        max_epochs=max_epochs,
-        seed=sampler_seed,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=None if auto_gpus else gpus_per_trial,
-    )
-    if enqueue is not None:
-        points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
-        space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
-    seeds = None if warm_start is None else load_warm_start(storage, warm_start, space)
+    flags = {"num_samples": num_samples, "max_epochs": max_epochs, "seed": sampler_seed}
+    flags |= {"cpus_per_trial": cpus_per_trial, "gpus_per_trial": None if auto_gpus else gpus_per_trial}
+    space = _with_flags(space, overrides, flags, enqueue)
+    seeds = None if warm_start is None else load_warm_start(experiment.location.parent, warm_start, space, out)
     if saved and (changed := saved.differences(space)):
         raise SpaceError(
-            f"--resume continues {location.uri} as saved in {SPACE_COPY}; it cannot change {', '.join(changed[:3])}"
+            f"--resume continues {experiment.uri} as saved in {SPACE}; it cannot change {', '.join(changed[:3])}"
             f"{' ...' if len(changed) > 3 else ''} (saved vs requested); drop those flags, or start a new --name"
         )
     # every cheap check (config, data, backbone shape, device, threads) before anything starts
     data = preflight(space.base, variants=space.edge_configs(), local=address in (None, "local"))
-    taken = [where for where, used in ((location.uri, location.exists()), (experiment, experiment.exists())) if used]
+    taken = experiment.taken()
     if taken and not resume:
-        raise SpaceError(f"{taken[0]} exists; continue it with --resume or choose another --name")
-    return SearchPlan(
-        space, data, experiment, location, resume, trust_experiment, auto_gpus, trackers, warm_start=seeds
-    )
+        raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
+    return SearchPlan(space, data, experiment, resume, trust_experiment, auto_gpus, trackers, warm_start=seeds)
 
 
-def load_warm_start(storage: str | Path, source: str | Path, space: SearchSpace) -> WarmStart:
-    """The finished trials of experiment `source` (a local folder, or a name under a local `storage`)
-    that searched the keys of `space`."""
-    folder = Path(source) if Path(source).is_dir() else Path(str(storage)) / str(source)
-    journal = folder / JOURNAL
-    if not journal.is_file():
-        raise SpaceError(f"--warm-start {source}: no Optuna study at {journal}")
-    trials = [t for t in finished_trials(journal, folder.name) if set(t.params) == set(space.search)]
+def _with_flags(space: SearchSpace, overrides: dict, flags: dict, enqueue: str | Path | list[dict] | None):
+    """The space with base config `overrides`, the budget and resource `flags` and the `enqueue`d configs."""
+    space = space.with_base_overrides(overrides) if overrides else space
+    space = space.with_overrides(**flags)
+    if enqueue is not None:
+        points = load_points(enqueue, space.search) if isinstance(enqueue, str | Path) else enqueue
+        space = dataclasses.replace(space, enqueue=[*space.enqueue, *points])
+    return space
+
+
+def load_warm_start(
+    storage: Location, source: str | Path, space: SearchSpace, out: str | Path | None = None
+) -> WarmStart:
+    """The finished trials of experiment `source` (a local folder, or the name of an experiment under
+    `storage`, whose study is fetched into its local mirror) that searched the keys of `space`."""
+    if Path(source).is_dir() or len(Path(source).parts) > 1:  # a folder, not a name
+        earlier = Experiment.local(source)
+    elif storage.is_local:
+        earlier = Experiment.local(Path(storage.path) / check_name(str(source), "--warm-start"))
+    else:  # its study comes down into the experiment's local mirror
+        earlier = Experiment.open(storage, check_name(str(source), "--warm-start"), out)
+        earlier.fetch(JOURNAL)
+    if not earlier.journal.is_file():
+        raise SpaceError(f"--warm-start {source}: no Optuna study at {earlier.location.child(JOURNAL).uri}")
+    trials = [t for t in finished_trials(earlier.journal, earlier.name) if set(t.params) == set(space.search)]
     if not trials:
         raise SpaceError(
             f"--warm-start {source}: no finished trial searched the keys {sorted(space.search)} of this space"
         )
-    return WarmStart(str(folder.resolve()), trials)
+    return WarmStart(str(earlier.folder), trials)
 
 
-def _saved_space(location: Location, experiment: Path, trust_experiment: bool) -> SearchSpace:
+def _saved_space(experiment: Experiment, trust_experiment: bool) -> SearchSpace:
     """The space an experiment was started with; its pickles are checked now (and again before the restore).
     With remote storage, the Optuna study published with the last results comes down with it."""
     from balm_tune.integrity import verify
     from balm_tune.tuner import restorable
 
-    saved = location.child(SPACE_COPY)
-    if not saved.exists():
-        raise SpaceError(f"--resume: no experiment at {location.uri} (missing {SPACE_COPY}); check --storage/--name")
-    if restorable(location) and not trust_experiment:
-        verify(location)
-    study = location.child(JOURNAL)
-    if not (experiment / JOURNAL).exists() and study.exists():
-        study.download(experiment / JOURNAL)
-    return load_space(saved.download(experiment / SPACE_COPY))
+    if not experiment.location.child(SPACE).exists():
+        raise SpaceError(f"--resume: no experiment at {experiment.uri} (missing {SPACE}); check --storage/--name")
+    if restorable(experiment.location) and not trust_experiment:
+        verify(experiment.location)
+    if not experiment.journal.exists():
+        experiment.fetch(JOURNAL)
+    experiment.fetch(SPACE)
+    return load_space(experiment.space_file)
 
 
 def run_search(
@@ -205,177 +206,237 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
     """Run a prepared search on a local Ray (or the cluster at `address`, or the Ray this process has
     already initialised, which is left running) and export the winner; `verbose`: Ray's own console output.
 
-    Ctrl-C stops the trials (Tune saves their state): nothing is exported and the result says
-    `interrupted`; `--resume` continues. The winner's checkpoint is loaded before any file is replaced.
+    The stages, each a function of the plan and what the stage before it made (docs/search.md):
+    `start` (Ray, shared inputs, baselines) -> `run_trials` (Tune) -> `collect` (leaderboard, study,
+    summary) -> `export` (winner, test, final seeds) -> `report`. Ctrl-C stops the trials (Tune saves
+    their state): nothing is exported and the result says `interrupted`; `--resume` continues. The
+    winner's checkpoint is loaded before any file is replaced.
     """
     check_final_seeds(final_seeds)
     import ray
 
-    from balm_tune.cluster import auto_gpus_per_trial, init_ray
-    from balm_tune.export import (
-        baseline_rows,
-        export_winner,
-        fetch_tensorboard,
-        leaderboard,
-        leaderboard_frame,
-        publish,
-        verify_checkpoint,
-        write_rows,
-        write_summary,
-    )
-    from balm_tune.importance import experiment_importances
     from balm_tune.integrity import seal
-    from balm_tune.report import TRIAL_INPUTS, fetch_inputs, write_report
-    from balm_tune.trainable import build_shared, evaluate_checkpoint
-    from balm_tune.tuner import make_tuner, run_final_seeds
-    from core import backbones, prompts
+
+    started, own_ray, tuned = time.perf_counter(), not ray.is_initialized(), False
+    try:
+        ready = start(plan, address)
+        tuned = True  # from here on, the experiment's pickles are this run's (or trusted) ones
+        results = run_trials(plan, ready, verbose)
+        collected = collect(plan, ready, results)
+        if collected.summary is None:  # interrupted: the study's trials stay open for --resume
+            return _closed(collected.result(plan))
+        if collected.winner is not None:
+            export(plan, ready, collected, final_seeds)
+            collected.summary.wall_seconds = time.perf_counter() - started
+        return _closed(report(plan, collected))
+    finally:
+        if tuned:
+            seal(plan.experiment.location)  # the final state (final_seeds/ included), signed for --resume
+        if own_ray:  # a Ray the caller started stays up
+            ray.shutdown()
+
+
+@dataclass
+class Started:
+    """What `start` readied for the trials: the space as sized on the cluster, the inputs every trial
+    shares, the baselines' scores (name -> split -> core.baselines.Metrics as a dict) and how many trials
+    run at once."""
+
+    space: SearchSpace
+    shared: Any  # balm_tune.trainable.SharedInputs
+    baselines: dict[str, dict[str, dict]]
+    concurrent: int
+
+
+def start(plan: SearchPlan, address: str | None) -> Started:
+    """Ray up (or reached), the backbone and every window's prompt token ids built once, the baselines
+    scored on the trials' windows, the trials sized on the cluster; the space saved in a new experiment."""
+    import ray
+
+    from balm_tune.cluster import auto_gpus_per_trial, init_ray
+    from balm_tune.trainable import build_shared
     from core.baselines import run_baselines
     from core.train import prompt_length_warning
 
-    space, data, experiment, location = plan.space, plan.data, plan.experiment, plan.location
-    started, sign, own_ray = time.perf_counter(), False, not ray.is_initialized()
-    try:
-        cluster = init_ray(address, location)  # reachable; a local storage path is shared by every node
-        concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
-        windows = len(data.train) + len(data.val) + len(data.test)
-        say(f"loading the backbone {space.base.backbone} and the prompt token ids of {windows:,} windows (once)")
-        shared = build_shared(space, data)
-        warning = prompt_length_warning(highest_prompt_len(space), shared.prompts)
-        if warning:
-            print(f"warning: {warning}", flush=True)
-        say("scoring the repeat-last and linear baselines on the trials' validation windows and every test window")
-        baselines = {
-            name: {split: m.to_dict() for split, m in by_split.items()}
-            for name, by_split in run_baselines(data, space.base).items()
-        }
-        shared = dataclasses.replace(shared, diverged_above=DIVERGED_FACTOR * baselines["repeat_last"]["val"]["mse"])
-        if plan.auto_gpus:
-            space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
-            shared = dataclasses.replace(shared, space=space)
-            concurrent = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
-        print(
-            f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs "
-            f"now; up to {concurrent} trials at once ({space.cpus_per_trial:g} CPU, {space.gpus_per_trial:g} GPU "
-            f"each); experiment at {location.uri}",
-            flush=True,
-        )
-        experiment.mkdir(parents=True, exist_ok=True)
-        if not plan.resume:
-            space.save(experiment / SPACE_COPY)
-            publish([experiment / SPACE_COPY], location)
-        trackers = plan.trackers.callbacks(experiment.name)
-        tuner = make_tuner(
-            space,
-            shared,
-            location,
-            concurrent,
-            plan.resume,
-            experiment / JOURNAL,
-            plan.warm_start,
-            extra_callbacks=trackers,
-            verbose=verbose,
-            trust_experiment=plan.trust_experiment,
-        )
-        sign = True  # from here on, the experiment's pickles are this run's (or trusted) ones
-        results = tuner.fit()
+    space, data, experiment = plan.space, plan.data, plan.experiment
+    cluster = init_ray(address, experiment.location)  # reachable; a local storage path is shared by every node
+    concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
+    windows = len(data.train) + len(data.val) + len(data.test)
+    say(f"loading the backbone {space.base.backbone} and the prompt token ids of {windows:,} windows (once)")
+    shared = build_shared(space, data)
+    warning = prompt_length_warning(highest_prompt_len(space), shared.prompts)
+    if warning:
+        print(f"warning: {warning}", flush=True)
+    say("scoring the repeat-last and linear baselines on the trials' validation windows and every test window")
+    baselines = {
+        name: {split: m.to_dict() for split, m in by_split.items()}
+        for name, by_split in run_baselines(data, space.base).items()
+    }
+    shared = dataclasses.replace(shared, diverged_above=DIVERGED_FACTOR * baselines["repeat_last"]["val"]["mse"])
+    if plan.auto_gpus:
+        space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
+        shared = dataclasses.replace(shared, space=space)
+        concurrent = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
+    resources = ray.cluster_resources()
+    print(
+        f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs now; up to {concurrent} trials "
+        f"at once ({space.cpus_per_trial:g} CPU, {space.gpus_per_trial:g} GPU each); experiment at {experiment.uri}",
+        flush=True,
+    )
+    experiment.folder.mkdir(parents=True, exist_ok=True)
+    if not plan.resume:
+        space.save(experiment.space_file)
+        experiment.publish(experiment.space_file)
+    return Started(space, shared, baselines, concurrent)
 
-        rows = leaderboard(results, space)
-        paths = {"leaderboard": experiment / "leaderboard.csv", "summary": experiment / "summary.json"}
-        if any(r.outcome is Outcome.INTERRUPTED for r in rows):  # the study's trials stay open for --resume
-            return _closed(SearchResult(experiment, leaderboard_frame(rows), {"trials": len(rows)}, interrupted=True))
-        paths["study"] = experiment / JOURNAL
-        close_study(paths["study"], experiment.name)
-        winners = [r for r in rows if r.outcome is not Outcome.FAILED and r.checkpoint]
-        if winners:
-            verify_checkpoint(winners[0])  # before any file of an earlier export is replaced
-        paths["baselines"] = experiment / "baselines.csv"
-        scored = baseline_rows(baselines)
-        write_rows(rows, paths["leaderboard"])
-        write_rows(scored, paths["baselines"])
-        table, baseline_table = leaderboard_frame(rows), leaderboard_frame(scored)
-        summary = {
-            "experiment": location.uri,
-            "results": str(experiment),
-            "trials": len(rows),
-            "outcomes": dict(Counter(r.status for r in rows)),
-            "strategy": {"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
-            "study": {"journal": str(paths["study"]), "name": experiment.name},
-            "warm_start": {"from": plan.warm_start.source, "trials": len(plan.warm_start.trials)}
-            if plan.warm_start
-            else None,
-            "built_in_driver": {"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
-            "built_in_trials": {
-                "backbone_loads": sum(r.backbone_loads for r in rows),
-                "prompt_builds": sum(r.prompt_builds for r in rows),
-            },
-            "windows": {
-                "val": baselines["linear"]["val"]["windows"],
-                "val_total": len(data.val),
-                "test": len(data.test),
-                "note": "validation (selection) on an evenly spaced subset when max_eval_batches is set; "
-                "test on every window",
-            },
-            "baselines": baselines,
-            "stalled": stall_of(paths["study"], experiment.name),  # None, or why the search ended early
-        }
-        fetch_tensorboard(location, experiment)
-        fetch_inputs(location, experiment, TRIAL_INPUTS)  # the report's and importances' (remote storage)
-        summary["importances"] = experiment_importances(experiment, list(space.search)).to_dict()
-        if not winners:
-            write_summary(summary, paths["summary"])
-            publish(list(paths.values()), location)
-            paths["report"] = write_report(experiment, location).index
-            return _closed(SearchResult(experiment, table, summary, paths=paths, baselines=baseline_table))
-        best = winners[0]
-        config = shared.trial_config(best.params)
-        provenance = {
-            **versions(),
-            "device": best.device,
-            "precision": best.precision,
-            "seed": config.seed,
-            "data_file": data.path.name,
-            "data_sha256": data.sha256,
-        }
-        paths["config"], paths["checkpoint"] = export_winner(best, config, provenance, experiment)
-        say(f"scoring the winner {best.trial_id} on all {len(data.test):,} test windows")
-        evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
-        test = ray.get(evaluate.remote(shared, best.params, best.checkpoint))
-        summary.update(
-            winner={
-                **{k: getattr(best, k) for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
-                "val_windows": summary["windows"]["val"],
-            },
-            base=base_trial(rows, space),
-            params=best.params,
-            test=test,
-            provenance=provenance,
+
+def run_trials(plan: SearchPlan, ready: Started, verbose: bool):
+    """Tune's trials (a ray.tune.ResultGrid), new or restored with --resume."""
+    from balm_tune.tuner import make_tuner
+
+    experiment = plan.experiment
+    tuner = make_tuner(
+        ready.space,
+        ready.shared,
+        experiment.location,
+        ready.concurrent,
+        plan.resume,
+        experiment.journal,
+        plan.warm_start,
+        extra_callbacks=plan.trackers.callbacks(experiment.name),
+        verbose=verbose,
+        trust_experiment=plan.trust_experiment,
+    )
+    return tuner.fit()
+
+
+@dataclass
+class Collected:
+    """What `collect` read from the trials: their rows (best first), the baselines', the summary so far
+    (None when Ctrl-C interrupted the trials) and the winner's row (None when every trial failed)."""
+
+    rows: list  # balm_tune.export.TrialRow
+    baselines: list  # balm_tune.export.BaselineRow
+    summary: Summary | None
+    winner: Any = None
+    paths: dict[str, Path] = field(default_factory=dict)
+    best_config: BalmConfig | None = None
+
+    def result(self, plan: SearchPlan) -> SearchResult:
+        from balm_tune.export import leaderboard_frame
+
+        interrupted = self.summary is None
+        return SearchResult(
+            plan.experiment.folder,
+            leaderboard_frame(self.rows),
+            self.summary,
+            self.best_config,
+            self.summary.test if self.summary else None,
+            self.paths,
+            interrupted=interrupted,
+            baselines=None if interrupted else leaderboard_frame(self.baselines),
         )
-        for scores in baselines.values():
-            scores["beats_on_val"] = best.best_val_mse < scores["val"]["mse"]
-            scores["beats_on_test"] = test["test_mse"] < scores["test"]["mse"]
-        if final_seeds:
-            say(f"retraining the winner on {final_seeds} further seeds, each scored on every test window")
-            runs = run_final_seeds(space, shared, location, best.params, final_seeds, concurrent)
-            summary["final_seeds"] = {
-                "runs": runs,
-                **{
-                    f"{m}_{s}": f(r[m] for r in runs)
-                    for m in ("test_mse", "test_mae")
-                    for s, f in (("mean", statistics.fmean), ("std", _std))
-                },
-            }
-        summary["wall_seconds"] = time.perf_counter() - started
-        write_summary(summary, paths["summary"])
-        publish(list(paths.values()), location)
+
+
+def collect(plan: SearchPlan, ready: Started, results) -> Collected:
+    """The leaderboard and baselines written, the study closed, importances computed, the summary begun;
+    the winner's checkpoint loaded (before any file of an earlier export is replaced)."""
+    from balm_tune.export import baseline_rows, leaderboard, verify_checkpoint, write_rows
+    from balm_tune.importance import experiment_importances
+    from core import backbones, prompts
+
+    space, experiment = ready.space, plan.experiment
+    rows = leaderboard(results, space)
+    if any(r.outcome is Outcome.INTERRUPTED for r in rows):
+        return Collected(rows, [], None)
+    close_study(experiment.journal, experiment.name)
+    winners = [r for r in rows if r.outcome is not Outcome.FAILED and r.checkpoint]
+    if winners:
+        verify_checkpoint(winners[0])
+    scored = baseline_rows(ready.baselines)
+    write_rows(rows, experiment.leaderboard)
+    write_rows(scored, experiment.baselines)
+    experiment.fetch_tensorboard()
+    experiment.fetch(*TRIAL_FILES, trials=True)  # the report's and the importances' (remote storage)
+    summary = Summary(
+        experiment=experiment.uri,
+        results=str(experiment.folder),
+        trials=len(rows),
+        outcomes=dict(Counter(r.status for r in rows)),
+        strategy={"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
+        study={"journal": str(experiment.journal), "name": experiment.name},
+        warm_start={"from": plan.warm_start.source, "trials": len(plan.warm_start.trials)} if plan.warm_start else None,
+        built_in_driver={"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
+        built_in_trials={
+            "backbone_loads": sum(r.backbone_loads for r in rows),
+            "prompt_builds": sum(r.prompt_builds for r in rows),
+        },
+        windows=Windows(ready.baselines["linear"]["val"]["windows"], len(plan.data.val), len(plan.data.test)),
+        baselines=ready.baselines,
+        stalled=stall_of(experiment.journal, experiment.name),  # None, or why the search ended early
+        importances=experiment_importances(experiment.journal, experiment.name, list(space.search)),
+    )
+    paths = {
+        "leaderboard": experiment.leaderboard,
+        "summary": experiment.summary_file,
+        "study": experiment.journal,
+        "baselines": experiment.baselines,
+    }
+    return Collected(rows, scored, summary, winners[0] if winners else None, paths)
+
+
+def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: int) -> None:
+    """The winner's config.yaml and checkpoint.pt, its test scores over every test window, the verdict
+    against each baseline and, with `final_seeds`, the winner retrained on further seeds."""
+    import ray
+
+    from balm_tune.export import export_winner
+    from balm_tune.trainable import evaluate_checkpoint
+    from balm_tune.tuner import run_final_seeds
+
+    space, shared, data, experiment = ready.space, ready.shared, plan.data, plan.experiment
+    best, summary = collected.winner, collected.summary
+    config = shared.trial_config(best.params)
+    provenance = {
+        **versions(),
+        **{"device": best.device, "precision": best.precision, "seed": config.seed},
+        **{"data_file": data.path.name, "data_sha256": data.sha256},
+    }
+    export_winner(best, config, provenance, experiment.config, experiment.checkpoint)
+    collected.paths.update(config=experiment.config, checkpoint=experiment.checkpoint)
+    say(f"scoring the winner {best.trial_id} on all {len(data.test):,} test windows")
+    evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
+    summary.test = ray.get(evaluate.remote(shared, best.params, best.checkpoint))
+    summary.winner = Winner(best.trial_id, best.best_val_mse, best.best_val_mae, best.epochs_run, summary.windows.val)
+    summary.base, summary.params, summary.provenance = base_trial(collected.rows, space), best.params, provenance
+    for scores in summary.baselines.values():
+        scores["beats_on_val"] = best.best_val_mse < scores["val"]["mse"]
+        scores["beats_on_test"] = summary.test["test_mse"] < scores["test"]["mse"]
+    if final_seeds:
+        say(f"retraining the winner on {final_seeds} further seeds, each scored on every test window")
+        runs = run_final_seeds(space, shared, experiment.location, best.params, final_seeds, ready.concurrent)
+        summary.final_seeds = {
+            "runs": runs,
+            **{
+                f"{m}_{s}": f(r[m] for r in runs)
+                for m in ("test_mse", "test_mae")
+                for s, f in (("mean", statistics.fmean), ("std", _std))
+            },
+        }
+    collected.best_config = BalmConfig.load(experiment.config)
+
+
+def report(plan: SearchPlan, collected: Collected) -> SearchResult:
+    """summary.json written, the exported files published to the storage, the report built and published."""
+    from balm_tune.report import write_report
+
+    experiment = plan.experiment
+    experiment.write_summary(collected.summary)
+    experiment.publish(*collected.paths.values())
+    if collected.winner is not None:
         say("writing the report (every trial's curves, the winner's forecasts beside the baselines)")
-        paths["report"] = write_report(experiment, location).index
-        best_config = BalmConfig.load(paths["config"])
-        return _closed(SearchResult(experiment, table, summary, best_config, test, paths, baselines=baseline_table))
-    finally:
-        if sign:
-            seal(location)  # the final state (final_seeds/ included), signed for --resume
-        if own_ray:  # a Ray the caller started stays up
-            ray.shutdown()
+    collected.paths["report"] = write_report(experiment, collected.summary.importances).index
+    return collected.result(plan)
 
 
 def _closed(result: SearchResult) -> SearchResult:
@@ -436,7 +497,7 @@ def check_cluster(plan: SearchPlan, address: str | None = None) -> int:
     if not address or address == "local":
         return trials_at_once(plan, local_cluster())
     try:
-        return trials_at_once(plan, init_ray(address, plan.location))
+        return trials_at_once(plan, init_ray(address, plan.experiment.location))
     finally:
         ray.shutdown()
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from balm_tune.importance import Importances
 from balm_tune.outcome import Outcome
-from core.baselines import BASELINES, Metrics, comparison
+from core.baselines import comparison
 
 if TYPE_CHECKING:
     from balm_tune.api import SearchResult
@@ -17,11 +16,11 @@ def closing_text(result: SearchResult) -> str:
     """The closing lines of a finished, interrupted or winnerless search."""
     if result.interrupted:
         return _interrupted(result)
-    if "winner" not in result.summary:
+    if not result.summary.has_winner:
         return f"no trial finished successfully; see {result.paths['leaderboard']}"
     lines = _summary(result)
-    if result.summary.get("stalled"):
-        lines.append(f"error: {result.summary['stalled']} (the finished trials are exported above)")
+    if result.summary.stalled:
+        lines.append(f"error: {result.summary.stalled} (the finished trials are exported above)")
     return "\n".join(lines)
 
 
@@ -38,37 +37,32 @@ def _interrupted(result: SearchResult) -> str:
 
 def _summary(result: SearchResult) -> list[str]:
     summary, paths = result.summary, result.paths
-    outcomes = ", ".join(f"{n} {s}" for s, n in summary["outcomes"].items())
-    winner, test, windows = summary["winner"], summary["test"], summary["windows"]
-    scores = {
-        "val": Metrics(winner["best_val_mse"], winner["best_val_mae"], winner["val_windows"]),
-        "test": Metrics(test["test_mse"], test["test_mae"], test["test_windows"]),
-    }
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["params"].items())
+    outcomes = ", ".join(f"{n} {s}" for s, n in summary.outcomes.items())
+    winner, windows, scores = summary.winner, summary.windows, summary.scores()
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.params.items())
     lines = [
-        f"\n{summary['trials']} trials ({outcomes}) in {summary['wall_seconds']:.0f}s",
-        f"best trial {winner['trial_id']}: val {scores['val'].describe(windows['val_total'])} "
-        f"after {winner['epochs_run']} epochs; {params}",
-        f"winner's test {scores['test'].describe(windows['test'])} (test data used for the winner only)",
+        f"\n{summary.trials} trials ({outcomes}) in {summary.wall_seconds:.0f}s",
+        f"best trial {winner.trial_id}: val {scores['val'].describe(windows.val_total)} "
+        f"after {winner.epochs_run} epochs; {params}",
+        f"winner's test {scores['test'].describe(windows.test)} (test data used for the winner only)",
     ]
-    base = summary.get("base")
-    if base and base["trial_id"] != winner["trial_id"]:
+    base = summary.base
+    if base and base["trial_id"] != winner.trial_id:
         lines.append(
             f"the search gained: val mse {base['best_val_mse']:.4f} of the base config (trial {base['trial_id']}, "
-            f"evaluated first, {base['status']}) -> {winner['best_val_mse']:.4f} of the winner, on the same "
-            f"{windows['val']:,} windows ({1 - winner['best_val_mse'] / base['best_val_mse']:.0%} lower)"
+            f"evaluated first, {base['status']}) -> {winner.best_val_mse:.4f} of the winner, on the same "
+            f"{windows.val:,} windows ({1 - winner.best_val_mse / base['best_val_mse']:.0%} lower)"
         )
     elif base:
         lines.append("the search gained nothing on validation: the base config (evaluated first) is the winner")
-    if "final_seeds" in summary:
-        f = summary["final_seeds"]
+    if summary.final_seeds:
+        f = summary.final_seeds
         lines.append(
             f"winner on {len(f['runs'])} further seeds: test mse {f['test_mse_mean']:.6f} +- {f['test_mse_std']:.6f}, "
-            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows['test']:,} windows)"
+            f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows.test:,} windows)"
         )
-    lines.append(Importances(**summary["importances"]).line())
-    for name in BASELINES:
-        baseline = {split: Metrics(**summary["baselines"][name][split]) for split in ("val", "test")}
+    lines.append(summary.importances.line())
+    for name, baseline in summary.baseline_scores().items():
         lines.append(comparison(name, scores, baseline, who="the winner"))
     lines += [
         f"leaderboard:   {paths['leaderboard']}  (baselines: {paths['baselines']})",

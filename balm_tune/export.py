@@ -1,10 +1,10 @@
-"""What a search leaves behind: leaderboard.csv, baselines.csv, config.yaml, the winner's checkpoint, summary.json."""
+"""The trials' rows (leaderboard.csv), the baselines' (baselines.csv) and the winner's export (config.yaml,
+checkpoint.pt); balm_tune.experiment names the files and says where they are."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -15,12 +15,10 @@ from ray.tune import ResultGrid
 
 from balm_tune.outcome import Outcome, trial_outcome, trial_status
 from balm_tune.space import SearchSpace
-from balm_tune.storage import Location
 from balm_tune.trainable import CHECKPOINT_FILE
+from core.atomic import atomic_path, write_atomic
 from core.baselines import BASELINES
 from core.errors import BalmError
-
-TENSORBOARD_FILES = "events.out.tfevents"
 
 
 class ExportError(BalmError):
@@ -128,7 +126,7 @@ Row = TrialRow | BaselineRow
 
 def write_rows(rows: list[Row], path: Path) -> None:
     """leaderboard.csv (the trials, best first) or baselines.csv (the baselines beside them), atomically."""
-    _write_atomic(path, _csv_text(rows).encode())
+    write_atomic(path, _csv_text(rows))
 
 
 def leaderboard_frame(rows: list[Row]):
@@ -167,47 +165,17 @@ def verify_checkpoint(winner: TrialRow) -> None:
         )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def export_winner(winner: TrialRow, config, provenance: dict, folder: Path) -> tuple[Path, Path]:
-    """Write config.yaml (a full core config with provenance) and copy the winner's checkpoint
-    (from the experiment's storage, local or remote) into `folder`."""
+def export_winner(winner: TrialRow, config, provenance: dict, config_path: Path, checkpoint_path: Path) -> None:
+    """Write the winner's full core config with its provenance to `config_path` and copy its checkpoint
+    (from the experiment's storage, local or remote) to `checkpoint_path`, each atomically: the old
+    file stays until the new one is complete."""
     config.extras = {
         "search": {k: getattr(winner, k) for k in ("trial_id", "best_val_mse", "best_val_mae", "epochs_run")},
         **provenance,
     }
-    config_path, checkpoint_path = folder / "config.yaml", folder / "checkpoint.pt"
-    tmp = checkpoint_path.with_name(f".{checkpoint_path.name}.tmp")
-    with winner.checkpoint.as_directory() as checkpoint:
-        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, tmp)
-    config.save(config_path)
-    tmp.replace(checkpoint_path)  # atomic: the old checkpoint until the new one is complete
-    return config_path, checkpoint_path
-
-
-def publish(files: list[Path], experiment: Location) -> None:
-    """Copy the exported files to the experiment's storage location (nothing to do when it is `files`' folder)."""
-    for path in files:
-        experiment.child(path.name).upload(path)
-
-
-def fetch_tensorboard(experiment: Location, folder: Path) -> int:
-    """Copy every trial's TensorBoard event files from remote storage into `folder` (same layout); returns
-    how many. With a local storage path they already are there."""
-    if experiment.is_local and Path(experiment.path).resolve() == folder.resolve():
-        return 0
-    names = experiment.files(TENSORBOARD_FILES)
-    for name in names:
-        experiment.child(name).download(folder / name)
-    return len(names)
-
-
-def write_summary(summary: dict, path: Path) -> None:
-    _write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+    with winner.checkpoint.as_directory() as checkpoint, atomic_path(checkpoint_path) as copy:
+        shutil.copyfile(Path(checkpoint) / CHECKPOINT_FILE, copy)
+        config.save(config_path)
 
 
 def _plain(value):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from balm_tune.experiment import CHECKPOINT, CONFIG
 from core.baselines import BASELINES, LinearForecast, repeat_last
 from core.config import BalmConfig
 from core.data import DataError, ForecastData, load_data, split_borders
@@ -35,17 +36,17 @@ class WindowForecast:
 
 def rebuild_winner(experiment: Path) -> Trainer:
     """The winner's Trainer on the CPU with its best weights; checks the data file is the searched one."""
-    config = BalmConfig.load(experiment / "config.yaml")
+    config = BalmConfig.load(experiment / CONFIG)
     searched_sha = config.extras.get("data_sha256")
-    config = config.with_overrides({"device": "cpu", "num_threads": None}, source=str(experiment / "config.yaml"))
+    config = config.with_overrides({"device": "cpu", "num_threads": None}, source=str(experiment / CONFIG))
     data = load_data(config)
     if searched_sha and data.sha256 != searched_sha:
         raise DataError(
             f"data file {data.path}: sha256 {data.sha256[:12]}... differs from the searched file's "
-            f"{searched_sha[:12]}... (config.yaml 'data_sha256'); the forecasts would not be the search's"
+            f"{searched_sha[:12]}... ({CONFIG} 'data_sha256'); the forecasts would not be the search's"
         )
     trainer = Trainer(config, data=data, show_progress=False)
-    trainer.load(experiment / "checkpoint.pt")
+    trainer.load(experiment / CHECKPOINT)
     trainer.use_best_weights()
     return trainer
 

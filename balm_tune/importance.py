@@ -25,9 +25,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from balm_tune.study import open_study, study_names
 from core.errors import BalmError
 
-STUDY_FILE = "optuna.journal"  # <experiment>/optuna.journal, study name = experiment folder name
 MIN_TRIALS = 8
 RELIABLE_TRIALS = 12  # from here on the synthetic check ranks the dominant key first in 16/20 studies or more
 PED_ANOVA_QUANTILE = 0.25  # Optuna's default 0.1 keeps 1-2 trials of a small study: 10/20 right at n=16
@@ -104,24 +104,12 @@ def param_importances(
     return Importances(evaluator, len(scored), {k: float(v) for k, v in values.items()}, epoch=epoch)
 
 
-def load_study(experiment: Path) -> optuna.Study | None:
-    """The experiment's persisted Optuna study, or None when the search did not persist one."""
-    path = Path(experiment) / STUDY_FILE
-    if not path.is_file():
-        return None
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    try:
-        return optuna.load_study(study_name=Path(experiment).name, storage=storage)
-    except KeyError:
-        names = optuna.get_all_study_names(storage)
-        raise StudyError(f"{path}: no study named {Path(experiment).name!r} (found {names})") from None
-
-
-def experiment_importances(experiment: Path, params: list[str] | None = None) -> Importances:
-    """Importances from `<experiment>/optuna.journal`; without that file, the reason instead."""
-    study = load_study(experiment)
-    if study is None:
+def experiment_importances(journal: Path, name: str, params: list[str] | None = None) -> Importances:
+    """Importances from the experiment's study (`journal`, study `name`); without that file, the reason."""
+    if not Path(journal).is_file():
         return Importances(
-            default_evaluator(), 0, reason=f"unavailable: no Optuna study in this experiment ({STUDY_FILE})"
+            default_evaluator(), 0, reason=f"unavailable: no Optuna study in this experiment ({journal.name})"
         )
-    return param_importances(study, params)
+    if name not in study_names(journal):
+        raise StudyError(f"{journal}: no study named {name!r} (found {study_names(journal)})")
+    return param_importances(open_study(journal, name), params)

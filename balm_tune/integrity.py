@@ -23,11 +23,12 @@ import secrets
 import pyarrow.fs as pafs
 from ray import tune
 
+from balm_tune.experiment import INTEGRITY
 from balm_tune.storage import Location
 from core.errors import BalmError
 from core.prompts import cache_dir
 
-DIGESTS = "integrity.json"
+DIGESTS = INTEGRITY
 KEY_FILE = "experiment.key"
 # what Ray unpickles on restore: any *.pkl, and its *state*.json files (cloudpickle inside)
 PICKLED = re.compile(r"(^|/)[^/]+\.pkl$|^[^/]*state[^/]*\.json$")

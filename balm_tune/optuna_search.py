@@ -1,10 +1,23 @@
 """A Ray Tune searcher whose Optuna study sees the search as Optuna's own pruners would make it.
 
-Ray's `OptunaSearch` keeps the study in the driver's memory and tells Optuna that a trial the scheduler
-stopped is COMPLETE with its last value: Tune withholds the stopping result from `on_trial_result` and
-then calls `on_trial_complete(trial_id, result=last_result)` exactly as for a trial that ran to the end
-(ASHA also stops a trial at max_t), so the searcher cannot tell the two apart from the call. Here the
-outcome is read from the trial's own metrics (`balm_tune.outcome.trial_outcome`), so:
+Re-read against Ray 2.60's `ray.tune.search.optuna.OptunaSearch`, which now takes `storage`, `study_name`
+and `points_to_evaluate` and reports every result as an intermediate value. What it still does not do,
+and `StudySearch` is kept for (it reuses OptunaSearch's space conversion, nothing else):
+
+1. Outcomes. Tune withholds the stopping result from `on_trial_result` and calls
+   `on_trial_complete(trial_id, result=last_result)` for a scheduler-stopped trial exactly as for one that
+   ran to the end (ASHA also stops a trial at max_t); OptunaSearch marks PRUNED only a trial without a
+   result, so every ASHA-pruned trial is COMPLETE with its last value. Here the outcome is read from the
+   trial's own metrics (`balm_tune.outcome.trial_outcome`): pruned trials end PRUNED (so importances and
+   samplers see them as Optuna's pruners make them), diverged and crashed trials FAIL.
+2. Resume from the study. OptunaSearch pickles its whole state (the in-memory trial map and a study
+   handle) into Tune's searcher snapshot; after a killed driver the snapshot and the study can disagree
+   and the resumed search waits for a trial Tune never runs (issue 18). Here the snapshot holds only the
+   space; the open trials, the budget and the concurrency come from the study on every restore.
+3. Enqueued configs and warm-start trials only when the study is new (never repeated on --resume), the
+   Tune id on every Optuna trial (`ray_trial_id`), and the stall guard (`TuneView`).
+
+In detail:
 
 - every epoch's validation MSE is an intermediate value of the Optuna trial (`trial.report(v, step=epoch)`),
   the last one included;
@@ -42,30 +55,42 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from balm_tune.outcome import trial_outcome
-from balm_tune.strategies import STUDY_OPTIONS
+from balm_tune.strategies import STUDY_OPTIONS, Strategy, create_sampler
+from balm_tune.study import existing_study, open_study
 
-JOURNAL = "optuna.journal"
 RAY_TRIAL_ID = "ray_trial_id"
 WARM_START = "warm_start_from"
 LOST = "lost"  # asked just before the driver was killed, never recorded by Tune
 STALLED = "stalled"  # study user attribute: why the searcher ended a search that could not go on
 
 
-def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
-    """The study `name` in the JournalStorage file `journal` (created if `create`)."""
-    storage = _storage(journal)
-    if create:
-        return optuna.create_study(
-            storage=storage, study_name=name, sampler=sampler, direction="minimize", load_if_exists=True
-        )
-    return optuna.load_study(storage=storage, study_name=name, sampler=sampler)
-
-
-def _storage(journal: Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(journal)))
+def create_searcher(
+    strategy: Strategy,
+    *,
+    seed: int,
+    journal: Path,
+    study_name: str,
+    max_epochs: int,
+    patience: int,
+    num_samples: int | None = None,
+    points_to_evaluate: list[dict] = (),
+    seed_trials: list = (),
+    seed_source: str = "",
+):
+    """The Tune searcher of a `searcher:` section (balm_tune.strategies): `StudySearch` around the seeded
+    Optuna sampler."""
+    return StudySearch(
+        journal,
+        study_name,
+        create_sampler(strategy, seed),
+        max_epochs=max_epochs,
+        patience=patience,
+        num_samples=num_samples,
+        pruned_trials=strategy.options.get("pruned_trials", "pruned"),
+        points_to_evaluate=points_to_evaluate,
+        seed_trials=seed_trials,
+        seed_source=seed_source,
+    )
 
 
 class StudySearch(Searcher):
@@ -287,7 +312,7 @@ def finished_trials(journal: Path, name: str) -> list[FrozenTrial]:
 def close_study(journal: Path, name: str) -> int:
     """Mark trials still RUNNING after the search as FAIL (asked just before the driver was killed, never
     recorded by Tune); returns how many."""
-    study = _existing_study(journal, name)
+    study = existing_study(journal, name)
     if study is None:
         return 0
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -298,7 +323,7 @@ def close_study(journal: Path, name: str) -> int:
 
 def stall_of(journal: Path, name: str) -> str | None:
     """Why the searcher ended the search early (`StudySearch._wait`), or None."""
-    study = _existing_study(journal, name)
+    study = existing_study(journal, name)
     return None if study is None else study.user_attrs.get(STALLED)
 
 
@@ -306,7 +331,7 @@ def forget_lost_trials(journal: Path, name: str, recorded: set[str]) -> int:
     """Before a --resume: mark the study's RUNNING trials whose Tune id the experiment state does not
     record (asked just before the driver was killed) FAIL and lost, so the resumed search neither
     waits for them nor counts them against num_samples; returns how many."""
-    study = _existing_study(journal, name)
+    study = existing_study(journal, name)
     if study is None:
         return 0
     lost = [
@@ -318,14 +343,6 @@ def forget_lost_trials(journal: Path, name: str, recorded: set[str]) -> int:
         optuna.Trial(study, trial._trial_id).set_user_attr(LOST, True)
         study.tell(trial.number, state=TrialState.FAIL)
     return len(lost)
-
-
-def _existing_study(journal: Path, name: str) -> optuna.Study | None:
-    """The study `name` in `journal`, or None (no file, or no study under this name: e.g. an experiment
-    folder copied under another name)."""
-    if not journal.is_file() or name not in optuna.get_all_study_names(_storage(journal)):
-        return None
-    return open_study(journal, name)
 
 
 def _contains(distribution: BaseDistribution, value: Any) -> bool:

@@ -17,21 +17,27 @@ import argparse
 import csv
 import html
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from balm_tune.experiment import (
+    EARLIER_CHECKPOINT,
+    EARLIER_CONFIG,
+    EXPORTED,
+    LEADERBOARD,
+    TRIAL_FILES,
+    Experiment,
+    ExperimentError,
+    Summary,
+)
 from core.errors import BalmError
 
 if TYPE_CHECKING:
     from balm_tune.figures import TrialCurve
     from balm_tune.importance import Importances
-    from balm_tune.storage import Location
 
-REPORT_DIR = "report"
-SPACE_COPY = "search_space.yaml"
 WINDOWS_PER_VARIABLE = 3
 TEXT_COLUMNS = {"trial_id", "node_id", "status", "reason", "kind", "outcome", "device", "precision"}
 # the page's leaderboard: every row is a trial and its status says how it ended (kind, outcome not shown);
@@ -40,9 +46,6 @@ DROPPED_COLUMNS = ("kind", "outcome")
 SHARED_COLUMNS = ("node_id", "device", "precision")
 NODE_ID_SHOWN = 8
 TEXT_SHOWN = 40
-# what the report reads; Ray and the Optuna study write the last two at the storage location
-EXPORTED_INPUTS = ("leaderboard.csv", "summary.json", SPACE_COPY, "config.yaml", "checkpoint.pt")
-TRIAL_INPUTS = ("result.json", "optuna.journal")
 PICTURES = ("history.png", "curves.png", "importances.png", "forecasts.png")
 
 
@@ -58,46 +61,41 @@ class Report:
     importances: Importances
 
 
-def write_report(experiment: str | Path, location: Location | None = None) -> Report:
-    """Build <experiment>/report/ (PNGs + index.html) and return what was written; with the storage
-    `location` of a remote experiment, also upload it to <location>/report/."""
-    experiment = Path(experiment)
-    board = _read_leaderboard(experiment)  # checked before the heavy imports below
+def write_report(experiment: Experiment | str | Path, importances: Importances | None = None) -> Report:
+    """Build <experiment>/report/ (PNGs + index.html) from the experiment's mirror and return what was
+    written; a remote experiment's report is also published to <location>/report/. `importances`: the
+    ones the search computed (else they are computed again from the study, which a rebuild re-reads)."""
+    experiment = experiment if isinstance(experiment, Experiment) else Experiment.local(experiment)
+    board, summary = _read_inputs(experiment)  # checked before the heavy imports below
     from balm_tune import figures
     from balm_tune.importance import experiment_importances
     from balm_tune.space import load_space
 
-    space = load_space(experiment / SPACE_COPY)
-    summary = _read_json(experiment / "summary.json")
-    if "windows" not in summary:
-        raise ReportError(
-            f"{experiment / 'summary.json'}: no window counts (missing, or written by an earlier balm_tune); "
-            "rerun the search to build its report"
-        )
-    winner = summary.get("winner", {}).get("trial_id")
-    folder = experiment / REPORT_DIR
+    search = list(load_space(experiment.space_file).search)
+    winner = summary.winner.trial_id if summary.winner else None
+    folder = experiment.report
     folder.mkdir(exist_ok=True)
     for name in PICTURES:  # a rebuild leaves no picture of an earlier build (importances may now be absent)
         (folder / name).unlink(missing_ok=True)
 
     trials = trial_curves(experiment, board)
-    has_winner = (experiment / "checkpoint.pt").is_file() and (experiment / "config.yaml").is_file()
-    windows = summary["windows"]
-    val_windows = _windows(windows["val"], windows["val_total"], "validation")
-    test_windows = _windows(windows["test"], windows["test"], "test")
+    windows = summary.windows
+    val_windows = _windows(windows.val, windows.val_total, "validation")
+    test_windows = _windows(windows.test, windows.test, "test")
 
     written = [folder / PICTURES[0], folder / PICTURES[1]]
     figures.history(trials, winner, val_windows, written[0])
     figures.curves(trials, winner, val_windows, written[1])
-    importances = experiment_importances(experiment, list(space.search))
+    if importances is None:
+        importances = experiment_importances(experiment.journal, experiment.name, search)
     if importances.values:
         written.append(folder / PICTURES[2])
         i = importances
         figures.importances(i.values, i.evaluator, i.trials, i.epoch, written[-1])
-    if has_winner:  # rebuilt on the CPU from the exported config and checkpoint
+    if experiment.checkpoint.is_file() and experiment.config.is_file():  # rebuilt on the CPU from the export
         from balm_tune.forecasts import rebuild_winner, winner_forecasts
 
-        trainer = rebuild_winner(experiment)
+        trainer = rebuild_winner(experiment.folder)
         config = trainer.config
         written.append(folder / PICTURES[3])
         caption = (
@@ -108,30 +106,19 @@ def write_report(experiment: str | Path, location: Location | None = None) -> Re
         figures.forecasts(winner_forecasts(trainer, WINDOWS_PER_VARIABLE), caption, written[-1])
     index = folder / "index.html"
     index.write_text(_index_html(experiment, board, summary, importances, written, val_windows, test_windows))
-    if location is not None:
-        for path in [*written, index]:
-            location.child(REPORT_DIR, path.name).upload(path)  # no-op when the location is this folder
+    experiment.publish(*written, index)
     return Report(folder, index, written, importances)
 
 
-def fetch_inputs(location: Location, folder: Path, names: tuple[str, ...]) -> int:
-    """Copy the files called `names` (at the top or one folder down: the trials') from the experiment's
-    storage location into the local `folder`; returns how many (none when the location is `folder`)."""
-    if location.is_local and Path(location.path).resolve() == Path(folder).resolve():
-        return 0
-    wanted = [n for n in location.files() if n.rsplit("/", 1)[-1] in names and n.count("/") <= 1]
-    for name in wanted:
-        location.child(name).download(Path(folder) / name)
-    return len(wanted)
-
-
-def trial_curves(experiment: Path, board: list[dict]) -> list[TrialCurve]:
+def trial_curves(experiment: Experiment | Path, board: list[dict]) -> list[TrialCurve]:
     """Every leaderboard trial's validation MSE by epoch, from Ray's result.json in its trial folder."""
     from balm_tune.figures import TrialCurve
 
+    experiment = experiment if isinstance(experiment, Experiment) else Experiment.local(experiment)
+
     status = {row["trial_id"]: row for row in board}
     found = {}
-    for path in experiment.glob("*/result.json"):
+    for path in experiment.trial_results():
         results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if results and results[0].get("trial_id") in status:
             found[results[0]["trial_id"]] = results
@@ -161,26 +148,28 @@ def _windows(used: int, total: int, split: str) -> str:
     return f"all {total:,} {split} windows" if used == total else f"{used:,} evenly spaced of {total:,} {split} windows"
 
 
-def _read_leaderboard(experiment: Path) -> list[dict]:
-    path = experiment / "leaderboard.csv"
-    if not experiment.is_dir():
-        raise ReportError(f"{experiment}: no such experiment folder")
-    if not path.is_file() or not (experiment / SPACE_COPY).is_file():
+def _read_inputs(experiment: Experiment) -> tuple[list[dict], Summary]:
+    """leaderboard.csv's trial rows and summary.json, or one ReportError line saying what is missing."""
+    folder = experiment.folder
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: no such experiment folder")
+    if not experiment.leaderboard.is_file() or not experiment.space_file.is_file():
         raise ReportError(
-            f"{experiment}: not a finished balm_tune experiment (expected leaderboard.csv and {SPACE_COPY}; "
-            f"an interrupted search is finished with --resume)"
+            f"{folder}: not a finished balm_tune experiment (expected {experiment.leaderboard.name} and "
+            f"{experiment.space_file.name}; an interrupted search is finished with --resume)"
         )
-    if (experiment / "best_config.yaml").is_file() and not (experiment / "config.yaml").is_file():
+    if experiment.path(EARLIER_CONFIG).is_file() and not experiment.config.is_file():
         raise ReportError(
-            f"{experiment}: exported by an earlier balm_tune (best_config.yaml, best_checkpoint.pt); rename them "
-            "config.yaml and checkpoint.pt to rebuild its report with this one"
+            f"{folder}: exported by an earlier balm_tune ({EARLIER_CONFIG}, {EARLIER_CHECKPOINT}); rename them "
+            f"{experiment.config.name} and {experiment.checkpoint.name} to rebuild its report with this one"
         )
-    with open(path, newline="") as handle:
-        return [row for row in csv.DictReader(handle) if row.get("kind", "trial") == "trial"]  # earlier: baselines too
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        summary = experiment.read_summary()
+    except ExperimentError as err:
+        raise ReportError(str(err)) from None
+    with open(experiment.leaderboard, newline="") as handle:
+        board = [row for row in csv.DictReader(handle) if row.get("kind", "trial") == "trial"]  # earlier: baselines too
+    return board, summary
 
 
 STYLE = (
@@ -201,9 +190,9 @@ STYLE = (
 
 
 def _index_html(
-    experiment: Path,
+    experiment: Experiment,
     board: list[dict],
-    summary: dict,
+    summary: Summary,
     importances: Importances,
     pictures: list[Path],
     val_windows: str,
@@ -221,20 +210,20 @@ def _index_html(
         "</head><body>",
         f"<h1>Search {e(experiment.name)}</h1>",
     ]
-    outcomes = ", ".join(f"{n} {s}" for s, n in summary.get("outcomes", {}).items())
+    outcomes = ", ".join(f"{n} {s}" for s, n in summary.outcomes.items())
     lines.append(f"<p>{len(board)} trials{f' ({e(outcomes)})' if outcomes else ''}. Selection on validation only.</p>")
-    if summary.get("stalled"):
-        lines.append(f'<p class="warning">The search ended early: {e(str(summary["stalled"]))}</p>')
-    winner = summary.get("winner", {}).get("trial_id")
-    if "winner" in summary:
-        w, test = summary["winner"], summary.get("test", {})
+    if summary.stalled:
+        lines.append(f'<p class="warning">The search ended early: {e(str(summary.stalled))}</p>')
+    winner = summary.winner.trial_id if summary.winner else None
+    if summary.has_winner:
+        scores = summary.scores()
         lines.append(
-            f"<p>Winner <b>{e(str(w['trial_id']))}</b>: validation MSE {w['best_val_mse']:.6g}, "
-            f"MAE {w['best_val_mae']:.6g} ({e(val_windows)}); test MSE {test.get('test_mse', math.nan):.6g}, "
-            f"MAE {test.get('test_mae', math.nan):.6g} ({e(test_windows)}; test data used for the winner only).</p>"
+            f"<p>Winner <b>{e(str(winner))}</b>: validation MSE {scores['val'].mse:.6g}, "
+            f"MAE {scores['val'].mae:.6g} ({e(val_windows)}); test MSE {scores['test'].mse:.6g}, "
+            f"MAE {scores['test'].mae:.6g} ({e(test_windows)}; test data used for the winner only).</p>"
         )
-        if "final_seeds" in summary:
-            f = summary["final_seeds"]
+        if summary.final_seeds:
+            f = summary.final_seeds
             lines.append(
                 f"<p>Winner on {len(f['runs'])} further seeds: test MSE {f['test_mse_mean']:.6g} "
                 f"&plusmn; {f['test_mse_std']:.4g}, MAE {f['test_mae_mean']:.6g} &plusmn; {f['test_mae_std']:.4g} "
@@ -263,16 +252,16 @@ def _img(picture: Path) -> str:
     return f'<img src="{e(picture.name)}" alt="{e(picture.stem)}">'
 
 
-def _baseline_html(summary: dict, val_windows: str, test_windows: str) -> list[str]:
+def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> list[str]:
     """The winner and each baseline (core.baselines) on the same windows, and the verdict lines of
     core.baselines.comparison (as `python -m balm_tune.search` prints them)."""
-    from core.baselines import BASELINES, Metrics, comparison
+    from core.baselines import BASELINES, comparison
 
     e = html.escape
-    baselines = {name: summary["baselines"][name] for name in BASELINES if name in summary.get("baselines", {})}
+    baselines = summary.baseline_scores()
     if not baselines:
         return []
-    has_winner = "winner" in summary
+    has_winner = summary.has_winner
     lines = [
         f"<h2>{'Winner and baselines' if has_winner else 'Baselines'}</h2>",
         '<div class="wide"><table>',
@@ -284,37 +273,27 @@ def _baseline_html(summary: dict, val_windows: str, test_windows: str) -> list[s
         + ("<th>validation</th><th>test</th>" if has_winner else "")
         + "</tr>",
     ]
-    scores = {}
+    scores = summary.scores() if has_winner else {}
     if has_winner:
-        w, test = summary["winner"], summary.get("test", {})
-        scores = {
-            "val": Metrics(w["best_val_mse"], w["best_val_mae"], w.get("val_windows", summary["windows"]["val"])),
-            "test": Metrics(
-                test.get("test_mse", math.nan),
-                test.get("test_mae", math.nan),
-                test.get("test_windows", summary["windows"]["test"]),
-            ),
-        }
         lines.append(
-            f'<tr class="winner"><td>winner {e(str(w["trial_id"]))}</td>'
+            f'<tr class="winner"><td>winner {e(str(summary.winner.trial_id))}</td>'
             + "".join(f'<td class="n">{v:.4g}</td>' for s in ("val", "test") for v in (scores[s].mse, scores[s].mae))
             + "<td></td><td></td></tr>"
         )
+    verdicts = []
     for name, result in baselines.items():
-        cells = "".join(f'<td class="n">{result[s][m]:.4g}</td>' for s in ("val", "test") for m in ("mse", "mae"))
+        cells = "".join(
+            f'<td class="n">{getattr(result[s], m):.4g}</td>' for s in ("val", "test") for m in ("mse", "mae")
+        )
         if has_winner:
-            for split in ("val", "test"):
-                beats = result.get(f"beats_on_{split}", scores[split].mse < result[split]["mse"])
-                cells += f'<td class="{"yes" if beats else "no"}">{"yes" if beats else "NO"}</td>'
+            beaten = [scores[split].mse < result[split].mse for split in ("val", "test")]
+            cells += "".join(f'<td class="{"yes" if b else "no"}">{"yes" if b else "NO"}</td>' for b in beaten)
+            line = comparison(name, scores, result, who="the winner")
+            verdicts.append(f'<li class="{"yes" if all(beaten) else "no"}">{e(line)}</li>')
         lines.append(f"<tr><td>{e(BASELINES[name])}</td>{cells}</tr>")
     lines.append("</table></div>")
-    if has_winner:
-        lines.append('<ul class="verdict">')
-        for name, result in baselines.items():
-            line = comparison(name, scores, {s: Metrics(**result[s]) for s in ("val", "test")}, who="the winner")
-            beaten = all(result.get(f"beats_on_{s}", True) for s in ("val", "test"))
-            lines.append(f'<li class="{"yes" if beaten else "no"}">{e(line)}</li>')
-        lines.append("</ul>")
+    if verdicts:
+        lines += ['<ul class="verdict">', *verdicts, "</ul>"]
     return lines
 
 
@@ -323,7 +302,7 @@ def _leaderboard_html(board: list[dict], winner: str | None) -> list[str]:
     trial; its status says how it ended), node, device and precision said once when every trial shares
     them, node ids cut to 8 characters and long reasons to 40 (the full text in a tooltip)."""
     e = html.escape
-    lines = ["<h2>Leaderboard (leaderboard.csv, best first)</h2>"]
+    lines = [f"<h2>Leaderboard ({LEADERBOARD}, best first)</h2>"]
     if not board:
         return [*lines, "<p>No trials.</p>"]
     columns = [k for k in board[0] if k not in DROPPED_COLUMNS]
@@ -395,16 +374,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _from_uri(uri: str, out: str) -> Report:
-    """Fetch a remote experiment's inputs into <out>/<name>/, build the report there and upload it."""
+    """Fetch a remote experiment's inputs into <out>/<name>/, build the report there and publish it."""
     from balm_tune.storage import open_location
-    from core.paths import writable_folder
 
     location = open_location(uri)
-    if not location.child("leaderboard.csv").exists():
-        raise ReportError(f"{uri}: not a finished balm_tune experiment (no leaderboard.csv there)")
-    folder = writable_folder(out, "--out") / location.name
-    fetch_inputs(location, folder, EXPORTED_INPUTS + TRIAL_INPUTS)
-    return write_report(folder, location)
+    experiment = Experiment.open(location.parent, location.name, out)
+    if not experiment.location.child(experiment.leaderboard.name).exists():
+        raise ReportError(f"{uri}: not a finished balm_tune experiment (no {experiment.leaderboard.name} there)")
+    experiment.fetch(*EXPORTED, *TRIAL_FILES, trials=True)
+    return write_report(experiment)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ QUIET_RAY = {"TUNE_WARN_THRESHOLD_S": "60"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # one add_argument per flag, in --help's order: long, but a table to read, not logic to follow
     p = argparse.ArgumentParser(
         prog="python -m balm_tune.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -152,7 +153,7 @@ def print_plan(plan: SearchPlan) -> None:
         f"  per trial: {space.cpus_per_trial} CPU, {'auto' if plan.auto_gpus else space.gpus_per_trial} GPU; "
         f"GPU budget: {space.gpu_budget.strip()}"
     )
-    print(f"  experiment: {plan.location.uri}; results also in {plan.experiment}")
+    print(f"  experiment: {plan.experiment.uri}; results also in {plan.experiment.folder}")
 
 
 def _strategy(strategy) -> str:
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if result.interrupted:  # execute printed the closing lines (SearchResult.text) in every case
         return 130
-    if "winner" not in result.summary or result.summary.get("stalled"):
+    if not result.summary.has_winner or result.summary.stalled:
         return 1
     return 0
 

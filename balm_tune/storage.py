@@ -9,13 +9,12 @@ reads and writes the few files the search needs around it and copies them to and
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from core.atomic import write_atomic
 from core.errors import BalmError
 from core.paths import writable_folder
 
@@ -58,33 +57,21 @@ class Location:
             return stream.read()
 
     def write_bytes(self, data: bytes) -> None:
-        """Write a whole file (a temporary name renamed into place where the filesystem allows it)."""
-        self.fs.create_dir(self.parent.path, recursive=True)
+        """Write a whole file (core.atomic on a local filesystem; an object store's PUT is atomic)."""
         if self.is_local:
-            fd, temporary = tempfile.mkstemp(dir=self.parent.path, prefix=f".{self.name}.")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, self.path)
+            write_atomic(self.path, data)
             return
-        with self.fs.open_output_stream(self.path) as stream:  # object stores: a single PUT, atomic
+        self.fs.create_dir(self.parent.path, recursive=True)
+        with self.fs.open_output_stream(self.path) as stream:
             stream.write(data)
 
     def upload(self, local_file: Path) -> None:
-        """Copy a local file to this location (no-op when it already is that file)."""
-        if self.is_local and Path(self.path).resolve() == Path(local_file).resolve():
-            return
+        """Copy a local file to this location."""
         self.write_bytes(Path(local_file).read_bytes())
 
     def download(self, local_file: Path) -> Path:
         """Copy this file to a local path; returns that path."""
-        local_file = Path(local_file)
-        if self.is_local and Path(self.path).resolve() == local_file.resolve():
-            return local_file
-        local_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = local_file.with_name(f".{local_file.name}.part")
-        temporary.write_bytes(self.read_bytes())
-        os.replace(temporary, local_file)
-        return local_file
+        return write_atomic(local_file, self.read_bytes())
 
     def files(self, suffix_match: str = "") -> list[str]:
         """Paths (relative to this folder) of every file below it whose name contains `suffix_match`."""

@@ -19,7 +19,6 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from core.errors import BalmError
@@ -113,36 +112,6 @@ def create_sampler(strategy: Strategy, seed: int):
     """The Optuna sampler of a `searcher:` section, seeded with the space's seed."""
     options = {k: v for k, v in strategy.options.items() if k not in STUDY_OPTIONS}
     return SEARCHERS[strategy.type].load()(seed=seed, **options)
-
-
-def create_searcher(
-    strategy: Strategy,
-    *,
-    seed: int,
-    journal: Path,
-    study_name: str,
-    max_epochs: int,
-    patience: int,
-    num_samples: int | None = None,
-    points_to_evaluate: list[dict] = (),
-    seed_trials: list = (),
-    seed_source: str = "",
-):
-    """The Tune searcher of a `searcher:` section: `StudySearch` around the seeded Optuna sampler."""
-    from balm_tune.optuna_search import StudySearch
-
-    return StudySearch(
-        journal,
-        study_name,
-        create_sampler(strategy, seed),
-        max_epochs=max_epochs,
-        patience=patience,
-        num_samples=num_samples,
-        pruned_trials=strategy.options.get("pruned_trials", "pruned"),
-        points_to_evaluate=points_to_evaluate,
-        seed_trials=seed_trials,
-        seed_source=seed_source,
-    )
 
 
 def create_scheduler(strategy: Strategy, *, max_epochs: int, mutations: dict[str, Any] | None = None):

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from balm_tune.experiment import CHECKPOINT, CONFIG, SUMMARY
+from core.atomic import write_atomic
 from core.config import BalmConfig, parse_set_args, quickstart
 from core.errors import BalmError
 from core.paths import PathError, check_name
@@ -25,7 +27,7 @@ from core.paths import PathError, check_name
 if TYPE_CHECKING:
     from core.train import EpochReport
 
-OUTPUTS = ("config.yaml", "checkpoint.pt", "summary.json")  # what a run writes in its folder
+OUTPUTS = (CONFIG, CHECKPOINT, SUMMARY)  # what a run writes in its folder: the names a search exports
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for old in OUTPUTS:  # --overwrite: no file of the earlier run is left beside the new ones
         (out / old).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.yaml")
+    config.save(out / CONFIG)
     print(
         f"training {config.backbone} ({config.llm_layers} layers) on {config.data_path}, "
         f"T={config.seq_len} H={config.pred_len}; outputs in {out}"
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    fit = trainer.fit(on_epoch=on_epoch, checkpoint_path=out / "checkpoint.pt")
+    fit = trainer.fit(on_epoch=on_epoch, checkpoint_path=out / CHECKPOINT)
     scores = {"val": trainer.evaluate("val", config.max_eval_batches), "test": trainer.evaluate("test")}
     baselines = run_baselines(trainer.data, config)
     totals = {split: len(trainer.windows[split]) for split in scores}
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         **provenance(trainer),
     }
-    (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomic(out / SUMMARY, json.dumps(results, indent=2) + "\n")
     print(f"best epoch {fit.best_epoch}: val {scores['val'].describe(totals['val'])}")
     print(f"test {scores['test'].describe(totals['test'])}")
     for name in BASELINES:

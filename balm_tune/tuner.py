@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from balm_tune.experiment import FINAL_SEEDS
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
@@ -116,7 +117,7 @@ def make_tuner(
     from balm_tune.console import SearchTable
     from balm_tune.integrity import Sealer, verify
     from balm_tune.optuna_search import StudyRecorder, StudyStopper, TuneView, forget_lost_trials
-    from balm_tune.strategies import create_scheduler, create_searcher
+    from balm_tune.strategies import create_scheduler
 
     if resume and restorable(experiment):
         if not trust_experiment:
@@ -125,18 +126,7 @@ def make_tuner(
         return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pbt = space.scheduler.type == "pbt"
-    search_alg = create_searcher(
-        space.searcher,
-        seed=space.seed,
-        journal=journal,
-        study_name=experiment.name,
-        max_epochs=space.max_epochs,
-        patience=space.base.patience,
-        num_samples=space.num_samples,
-        points_to_evaluate=[] if pbt else space.enqueue,  # PBT's generator runs them; the recorder records them
-        seed_trials=warm_start.trials if warm_start else [],
-        seed_source=warm_start.source if warm_start else "",
-    )
+    search_alg = _study_search(space, journal, experiment.name, warm_start)
     callbacks = [*extra_callbacks, TrialLines(space.max_epochs, space.base.patience, space.scheduler.type)]
     if pbt:  # Ray allows no searcher beside PBT: it samples its own population,
         callbacks.append(StudyRecorder(search_alg, space.param_space()))  # recorded in the study all the same
@@ -162,6 +152,25 @@ def make_tuner(
         progress_reporter=None
         if verbose
         else SearchTable(list(space.search), space.max_epochs, space.base.patience, space.scheduler.type),
+    )
+
+
+def _study_search(space: SearchSpace, journal: Path, name: str, warm_start: WarmStart | None):
+    """The space's sampler inside StudySearch, the study `name` in `journal`."""
+    from balm_tune.optuna_search import create_searcher
+
+    pbt = space.scheduler.type == "pbt"
+    return create_searcher(
+        space.searcher,
+        seed=space.seed,
+        journal=journal,
+        study_name=name,
+        max_epochs=space.max_epochs,
+        patience=space.base.patience,
+        num_samples=space.num_samples,
+        points_to_evaluate=[] if pbt else space.enqueue,  # PBT's generator runs them; the recorder records them
+        seed_trials=warm_start.trials if warm_start else [],
+        seed_source=warm_start.source if warm_start else "",
     )
 
 
@@ -192,7 +201,7 @@ def run_final_seeds(
     seeds = [space.base.seed + i for i in range(1, n + 1)]
     grid = build_tuner(
         dataclasses.replace(shared, evaluate_test=True),
-        experiment.child("final_seeds"),
+        experiment.child(FINAL_SEEDS),
         param_space={**params, "seed": tune.grid_search(seeds)},
         concurrent=min(concurrent, n),
         verbose=0,

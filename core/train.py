@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from core.atomic import atomic_path
 from core.backbones import Backbone, backbone_shape, load_backbone
 from core.baselines import ErrorSum, Metrics, eval_index
 from core.config import BalmConfig, ConfigError
@@ -373,9 +374,8 @@ class Trainer:
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by `save` (weights_only: no code is unpickled)."""

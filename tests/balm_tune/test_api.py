@@ -19,7 +19,7 @@ def test_run_search_returns_the_leaderboard_best_config_test_metrics_and_paths(t
     assert (result.baselines["test_windows"] == result.test["test_windows"]).all()
     assert result.best_config.max_train_batches == 2  # the base override reached the trials
     assert result.best_config.prompt_len == trials["prompt_len"].iloc[0]
-    assert result.test["test_mse"] > 0 and result.summary["test"] == result.test
+    assert result.test["test_mse"] > 0 and result.summary.test == result.test
     assert set(result.paths) == {"leaderboard", "baselines", "summary", "study", "config", "checkpoint", "report"}
     assert all(path.is_file() and tmp_path / "runs" / "api" in path.parents for path in result.paths.values())
     # it ends as the CLI does: the same closing lines, printed and kept as text

@@ -6,13 +6,12 @@ import math
 import optuna
 import pytest
 
+from balm_tune.experiment import JOURNAL, Experiment
 from balm_tune.importance import (
     MIN_TRIALS,
     RELIABLE_TRIALS,
-    STUDY_FILE,
     StudyError,
     experiment_importances,
-    load_study,
     param_importances,
 )
 
@@ -64,14 +63,13 @@ def test_a_small_search_gets_numbers_with_a_warning_and_fewer_trials_the_reason(
 
 
 def test_the_persisted_study_of_an_experiment_is_read_from_its_journal(tmp_path):
-    experiment = tmp_path / "my-search"
-    experiment.mkdir()
-    assert "unavailable: no Optuna study" in experiment_importances(experiment).line()
-    backend = optuna.storages.journal.JournalFileBackend(str(experiment / STUDY_FILE))
+    experiment = Experiment.local(tmp_path / "my-search")
+    experiment.folder.mkdir()
+    assert "unavailable: no Optuna study" in experiment_importances(experiment.journal, experiment.name).line()
+    backend = optuna.storages.journal.JournalFileBackend(str(experiment.journal))
     _study(MIN_TRIALS, storage=optuna.storages.JournalStorage(backend), name="my-search")
-    assert len(load_study(experiment).trials) == MIN_TRIALS
-    assert set(experiment_importances(experiment).values) == {"x", "y"}
+    assert set(experiment_importances(experiment.journal, experiment.name).values) == {"x", "y"}
     other = tmp_path / "renamed"
-    experiment.rename(other)
+    experiment.folder.rename(other)
     with pytest.raises(StudyError, match=r"optuna.journal: no study named 'renamed' \(found \['my-search'\]\)"):
-        load_study(other)
+        experiment_importances(other / JOURNAL, "renamed")

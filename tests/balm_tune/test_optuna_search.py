@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from balm_tune.api import run_search
+from balm_tune.experiment import JOURNAL
 from balm_tune.optuna_search import (
-    JOURNAL,
     LOST,
     RAY_TRIAL_ID,
     WARM_START,
@@ -22,10 +22,10 @@ from balm_tune.optuna_search import (
     StudyStopper,
     TuneView,
     forget_lost_trials,
-    open_study,
     stall_of,
 )
 from balm_tune.space import load_space
+from balm_tune.study import open_study
 from tests.conftest import write_tiny_space
 
 SEARCH = {"num_samples": 5, "max_epochs": 3}
@@ -112,7 +112,7 @@ def test_a_warm_started_search_sees_the_old_trials_and_runs_the_enqueued_config_
     assert [t.intermediate_values for t in seeded] == [t.intermediate_values for t in finished]
     (new,) = [t for t in study.trials if WARM_START not in t.user_attrs]
     assert new.number == len(seeded) and new.params == first  # after the seeds: the enqueued config
-    assert result.summary["warm_start"] == {"from": str(search.experiment), "trials": len(finished)}
+    assert result.summary.warm_start == {"from": str(search.experiment), "trials": len(finished)}
 
 
 # --- the searcher as Tune drives it, without training --------------------------------------------------------

@@ -22,9 +22,10 @@ from matplotlib.image import imread
 
 from balm_tune import figures
 from balm_tune.api import run_search
+from balm_tune.experiment import JOURNAL as STUDY_FILE
 from balm_tune.figures import TrialCurve
 from balm_tune.forecasts import WINNER, WindowForecast, rebuild_winner, winner_forecasts
-from balm_tune.importance import MIN_TRIALS, STUDY_FILE
+from balm_tune.importance import MIN_TRIALS
 from balm_tune.report import ReportError, _cell, trial_curves, write_report
 from core.baselines import BASELINES, Metrics, comparison
 from core.config import ConfigError

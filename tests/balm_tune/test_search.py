@@ -12,8 +12,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from balm_tune.optuna_search import open_study
 from balm_tune.search import main as search_main
+from balm_tune.study import open_study
 from balm_tune.train import main as train_main
 from core.config import BalmConfig
 from core.data import load_data

@@ -2,7 +2,8 @@
 
 import pytest
 
-from balm_tune.api import SPACE_COPY, prepare_search
+from balm_tune.api import prepare_search
+from balm_tune.experiment import SPACE as SPACE_COPY
 from balm_tune.space import SpaceError, load_space
 from balm_tune.storage import StorageError, open_location
 from core.paths import PathError
@@ -41,8 +42,8 @@ def test_resume_reads_the_space_saved_at_a_uri_and_keeps_a_local_copy(s3_endpoin
     saved.save(tmp_path / SPACE_COPY)
     open_location("s3://balm/resumable/x").child(SPACE_COPY).upload(tmp_path / SPACE_COPY)
     plan = prepare_search(storage="s3://balm/resumable", name="x", resume=True, out=tmp_path / "out")
-    assert plan.space.num_samples == 5 and plan.location.uri == "s3://balm/resumable/x"
-    assert plan.experiment == tmp_path / "out" / "x" and (plan.experiment / SPACE_COPY).is_file()
+    assert plan.space.num_samples == 5 and plan.experiment.uri == "s3://balm/resumable/x"
+    assert plan.experiment.folder == tmp_path / "out" / "x" and plan.experiment.space_file.is_file()
 
 
 @pytest.mark.parametrize("flag", ["storage", "out"])

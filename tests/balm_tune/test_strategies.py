@@ -4,10 +4,10 @@ import pytest
 from optuna.trial import TrialState
 
 from balm_tune.api import run_search
-from balm_tune.optuna_search import open_study
 from balm_tune.outcome import Outcome
 from balm_tune.space import SpaceError, load_space
 from balm_tune.strategies import SCHEDULERS, SEARCHERS
+from balm_tune.study import open_study
 from tests.conftest import write_tiny_space
 
 TINY = {"budget": {"num_samples": 3, "max_epochs": 2}, "base": {"max_train_batches": 2}}
@@ -40,7 +40,7 @@ def _search(folder, searcher: dict, scheduler: dict, **sections):
 def test_each_searcher_and_scheduler_runs_a_search_recorded_in_the_study(ray_here, tmp_path, searcher, scheduler):
     result = _search(tmp_path, searcher, scheduler)
     assert len(result.leaderboard) == 3 and result.best_config is not None
-    assert result.summary["strategy"] == {"searcher": searcher, "scheduler": scheduler}
+    assert result.summary.strategy == {"searcher": searcher, "scheduler": scheduler}
     study = open_study(result.paths["study"], "s")
     assert len(study.trials) == 3 and all(t.state != TrialState.RUNNING for t in study.trials)
     labels = {Outcome.FINISHED.value, Outcome.FAILED.value, Outcome.STOPPED.label(scheduler["type"])}

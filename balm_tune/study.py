@@ -1,0 +1,33 @@
+"""The Optuna study file of an experiment: one JournalStorage file (`Experiment.journal`), one study in
+it named after the experiment. Every reader and writer opens it here (the searcher, importances, the
+warm start, optuna-dashboard reads the same file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+
+def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:
+    """The study `name` in the JournalStorage file `journal` (created if `create`)."""
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    if create:
+        return optuna.create_study(
+            storage=storage, study_name=name, sampler=sampler, direction="minimize", load_if_exists=True
+        )
+    return optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+
+
+def study_names(journal: Path) -> list[str]:
+    """The names of the studies in `journal` (an existing file)."""
+    return optuna.get_all_study_names(JournalStorage(JournalFileBackend(str(journal))))
+
+
+def existing_study(journal: Path, name: str) -> optuna.Study | None:
+    """The study `name` in `journal`, or None (no file, or no study of that name in it)."""
+    if not Path(journal).is_file() or name not in study_names(journal):
+        return None
+    return open_study(journal, name)
