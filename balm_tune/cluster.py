@@ -46,10 +46,10 @@ def check_address(address: str | None) -> None:
     """Fail within seconds when nothing listens at `address` (Ray itself would retry for minutes)."""
     if not address or address == "local":
         return
-    from ray._private.services import canonicalize_bootstrap_address
+    from balm_tune.compat import bootstrap_address
 
     try:
-        resolved = canonicalize_bootstrap_address(address)
+        resolved = bootstrap_address(address)
     except (ConnectionError, ValueError) as err:
         raise ClusterError(f"--address {address}: {str(err).strip().splitlines()[0]}") from None
     if resolved is None:
@@ -117,9 +117,10 @@ def init_ray(address: str | None, storage: Location) -> Cluster:
 def local_cluster() -> Cluster:
     """The node a private local Ray would have (what --dry-run checks without starting Ray)."""
     import torch
-    from ray._private.utils import get_num_cpus
 
-    return Cluster([NodeShape("head", {"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())})], [])
+    from balm_tune.compat import ray_cpu_count
+
+    return Cluster([NodeShape("head", {"CPU": float(ray_cpu_count()), "GPU": float(torch.cuda.device_count())})], [])
 
 
 def auto_gpus_per_trial(cluster: Cluster, shared) -> float:
@@ -151,17 +152,14 @@ def _start_local_ray() -> None:
     machine cannot form clusters (its setting for macOS/Windows); that setting is applied for this call.
     """
     import ray
-    from ray._private import ray_constants
+
+    from balm_tune.compat import loopback_node
 
     # trial workers at normal priority (Ray's default niceness 15 lets the driver and Ray's own
     # daemons take CPU from the trials on a small machine)
     os.environ.setdefault("RAY_worker_niceness", "0")
-    clusters = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with loopback_node():
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = clusters
 
 
 def live_nodes() -> list[NodeShape]:
@@ -182,11 +180,10 @@ def node_types() -> list[NodeShape]:
     ~/ray_bootstrap_config.yaml), read by a task on the head so the driver may run anywhere.
     """
     import ray
-    from ray._private import state
 
-    config = None
-    with contextlib.suppress(Exception):  # not every Ray reports one
-        config = state.state.get_cluster_config()
+    from balm_tune.compat import autoscaler_cluster_config
+
+    config = autoscaler_cluster_config()
     if config is not None and config.node_group_configs:
         return [
             NodeShape(g.name, {k: float(v) for k, v in g.resources.items()}, g.max_count if g.max_count >= 0 else 1000)

@@ -23,6 +23,7 @@ import secrets
 import pyarrow.fs as pafs
 from ray import tune
 
+from balm_tune.compat import staging_folder
 from balm_tune.experiment import INTEGRITY
 from balm_tune.storage import Location
 from core.errors import BalmError
@@ -147,10 +148,9 @@ class Sealer(tune.Callback):
         only when its listing changed), and rewrite integrity.json if a digest is new."""
         if not self.trials:
             return  # nothing to restore yet
-        storage = self.trials[0].storage  # the experiment's ray.train StorageContext
-        path = storage.experiment_fs_path.rstrip("/")
-        folder = Location(path, storage.storage_filesystem, path)
-        staging_path = str(storage.experiment_driver_staging_path).rstrip("/")
+        path, fs, staging_path = staging_folder(self.trials[0])  # the trials' ray.train storage context
+        path, staging_path = path.rstrip("/"), staging_path.rstrip("/")
+        folder = Location(path, fs, path)
         staged = digests(Location(staging_path, pafs.LocalFileSystem(), staging_path))
         stamps = _stamp(folder)
         if stamps != self.stamps:

@@ -54,6 +54,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
+from balm_tune.compat import storage_id
 from balm_tune.outcome import trial_outcome
 from balm_tune.strategies import STUDY_OPTIONS, Strategy, create_sampler
 from balm_tune.study import existing_study, open_study
@@ -168,7 +169,7 @@ class StudySearch(Searcher):
             trial = self.study.ask(fixed_distributions=self._space)
             trial.set_user_attr(RAY_TRIAL_ID, trial_id)
             # the storage id (Optuna's Trial(study, id) handle after a restore); the number is not enough
-            self._ids[trial_id], self._trials[trial_id], self._steps[trial_id] = trial._trial_id, trial, set()
+            self._ids[trial_id], self._trials[trial_id], self._steps[trial_id] = storage_id(trial), trial, set()
             self._fresh.add(trial_id)
         return dict(self._trial(trial_id).params)
 
@@ -220,7 +221,7 @@ class StudySearch(Searcher):
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial_id = trial.user_attrs.get(RAY_TRIAL_ID)
             if trial_id and trial_id not in self._ids:
-                self._ids[trial_id], self._steps[trial_id] = trial._trial_id, set(trial.intermediate_values)
+                self._ids[trial_id], self._steps[trial_id] = storage_id(trial), set(trial.intermediate_values)
 
     def recorded(self, trial_id: str) -> bool:
         """The study holds an Optuna trial for this Tune trial."""
@@ -340,7 +341,7 @@ def forget_lost_trials(journal: Path, name: str, recorded: set[str]) -> int:
         if t.user_attrs.get(RAY_TRIAL_ID) not in recorded
     ]
     for trial in lost:
-        optuna.Trial(study, trial._trial_id).set_user_attr(LOST, True)
+        optuna.Trial(study, storage_id(trial)).set_user_attr(LOST, True)
         study.tell(trial.number, state=TrialState.FAIL)
     return len(lost)
 
