@@ -33,6 +33,7 @@ from balm_tune.optuna_search import close_study, finished_trials, stall_of
 from balm_tune.outcome import DIVERGED_FACTOR, Outcome
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space
 from balm_tune.storage import Location
+from balm_tune.study import check_journal
 from balm_tune.trackers import Trackers
 from balm_tune.tuner import WarmStart
 from core.config import BalmConfig
@@ -55,6 +56,7 @@ class SearchPlan:
     auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
     trackers: Trackers = field(default_factory=Trackers)
     warm_start: WarmStart | None = None
+    break_lock: bool = False  # --break-lock: take over the lock of a driver gone on another host
 
 
 @dataclass
@@ -80,6 +82,7 @@ def prepare_search(
     out: str | Path | None = None,
     resume: bool = False,
     trust_experiment: bool = False,
+    break_lock: bool = False,
     address: str | None = None,
     num_samples: int | None = None,
     max_epochs: int | None = None,
@@ -129,10 +132,14 @@ def prepare_search(
         )
     # every cheap check (config, data, backbone shape, device, threads) before anything starts
     data = preflight(space.base, variants=space.edge_configs(), local=address in (None, "local"))
+    if not break_lock:
+        experiment.check_unlocked()  # a driver runs it now: say so, not "exists"
     taken = experiment.taken()
     if taken and not resume:
         raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
-    return SearchPlan(space, data, experiment, resume, trust_experiment, auto_gpus, trackers, warm_start=seeds)
+    return SearchPlan(
+        space, data, experiment, resume, trust_experiment, auto_gpus, trackers, warm_start=seeds, break_lock=break_lock
+    )
 
 
 def _with_flags(space: SearchSpace, overrides: dict, flags: dict, enqueue: str | Path | list[dict] | None):
@@ -159,6 +166,7 @@ def load_warm_start(
         earlier.fetch(JOURNAL)
     if not earlier.journal.is_file():
         raise SpaceError(f"--warm-start {source}: no Optuna study at {earlier.location.child(JOURNAL).uri}")
+    check_journal(earlier.journal)
     trials = [t for t in finished_trials(earlier.journal, earlier.name) if set(t.params) == set(space.search)]
     if not trials:
         raise SpaceError(
@@ -179,6 +187,8 @@ def _saved_space(experiment: Experiment, trust_experiment: bool) -> SearchSpace:
         verify(experiment.location)
     if not experiment.journal.exists():
         experiment.fetch(JOURNAL)
+    if experiment.journal.exists():
+        check_journal(experiment.journal)  # before Ray starts: a damaged study fails in one line, not in Tune
     experiment.fetch(SPACE)
     return load_space(experiment.space_file)
 
@@ -218,22 +228,23 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
     from balm_tune.integrity import seal
 
     started, own_ray, tuned = time.perf_counter(), not ray.is_initialized(), False
-    try:
-        ready = start(plan, address)
-        tuned = True  # from here on, the experiment's pickles are this run's (or trusted) ones
-        results = run_trials(plan, ready, verbose)
-        collected = collect(plan, ready, results)
-        if collected.summary is None:  # interrupted: the study's trials stay open for --resume
-            return _closed(collected.result(plan))
-        if collected.winner is not None:
-            export(plan, ready, collected, final_seeds)
-            collected.summary.wall_seconds = time.perf_counter() - started
-        return _closed(report(plan, collected))
-    finally:
-        if tuned:
-            seal(plan.experiment.location)  # the final state (final_seeds/ included), signed for --resume
-        if own_ray:  # a Ray the caller started stays up
-            ray.shutdown()
+    with plan.experiment.locked(plan.break_lock):  # one driver per experiment, from before its first file
+        try:
+            ready = start(plan, address)
+            tuned = True  # from here on, the experiment's pickles are this run's (or trusted) ones
+            results = run_trials(plan, ready, verbose)
+            collected = collect(plan, ready, results)
+            if collected.summary is None:  # interrupted: the study's trials stay open for --resume
+                return _closed(collected.result(plan))
+            if collected.winner is not None:
+                export(plan, ready, collected, final_seeds)
+                collected.summary.wall_seconds = time.perf_counter() - started
+            return _closed(report(plan, collected))
+        finally:
+            if tuned:
+                seal(plan.experiment.location)  # the final state (final_seeds/ included), signed for --resume
+            if own_ray:  # a Ray the caller started stays up
+                ray.shutdown()
 
 
 @dataclass
@@ -260,6 +271,7 @@ def start(plan: SearchPlan, address: str | None) -> Started:
 
     space, data, experiment = plan.space, plan.data, plan.experiment
     cluster = init_ray(address, experiment.location)  # reachable; a local storage path is shared by every node
+    stop_on_termination()  # after ray.init, whose own SIGTERM handler would abort the driver
     concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
     windows = len(data.train) + len(data.val) + len(data.test)
     say(f"loading the backbone {space.base.backbone} and the prompt token ids of {windows:,} windows (once)")
@@ -343,7 +355,6 @@ def collect(plan: SearchPlan, ready: Started, results) -> Collected:
     the winner's checkpoint loaded (before any file of an earlier export is replaced)."""
     from balm_tune.export import baseline_rows, leaderboard, verify_checkpoint, write_rows
     from balm_tune.importance import experiment_importances
-    from core import backbones, prompts
 
     space, experiment = ready.space, plan.experiment
     rows = leaderboard(results, space)
@@ -366,7 +377,7 @@ def collect(plan: SearchPlan, ready: Started, results) -> Collected:
         strategy={"searcher": space.searcher.to_spec(), "scheduler": space.scheduler.to_spec()},
         study={"journal": str(experiment.journal), "name": experiment.name},
         warm_start={"from": plan.warm_start.source, "trials": len(plan.warm_start.trials)} if plan.warm_start else None,
-        built_in_driver={"backbone_loads": backbones.LOADS, "prompt_builds": prompts.BUILDS},
+        built_in_driver=ready.shared.built,
         built_in_trials={
             "backbone_loads": sum(r.backbone_loads for r in rows),
             "prompt_builds": sum(r.prompt_builds for r in rows),
@@ -404,9 +415,13 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
     }
     export_winner(best, config, provenance, experiment.config, experiment.checkpoint)
     collected.paths.update(config=experiment.config, checkpoint=experiment.checkpoint)
-    say(f"scoring the winner {best.trial_id} on all {len(data.test):,} test windows")
-    evaluate = ray.remote(num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
-    summary.test = ray.get(evaluate.remote(shared, best.params, best.checkpoint))
+    # the trials have ended: a CPU scoring task may take the CPUs of the largest live node (a GPU one keeps
+    # the trial's shape, which a GPU node is known to hold)
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    cpus = space.cpus_per_trial if space.gpus_per_trial else max([space.cpus_per_trial, *nodes])
+    say(f"scoring the winner {best.trial_id} on all {len(data.test):,} test windows ({cpus:g} CPUs)")
+    evaluate = ray.remote(num_cpus=cpus, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
+    summary.test = ray.get(evaluate.remote(shared, best.params, best.checkpoint, max(1, round(cpus))))
     summary.winner = Winner(best.trial_id, best.best_val_mse, best.best_val_mae, best.epochs_run, summary.windows.val)
     summary.base, summary.params, summary.provenance = base_trial(collected.rows, space), best.params, provenance
     for scores in summary.baselines.values():
@@ -465,6 +480,22 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return math.isclose(a, b, rel_tol=1e-9)
     return a == b
+
+
+TERMINATION = ("SIGTERM", "SIGHUP")  # what Slurm, Kubernetes, docker stop, systemd and a closed terminal send
+
+
+def stop_on_termination() -> None:
+    """SIGTERM and SIGHUP stop the search as Ctrl-C does (Tune stops the trials and saves their state;
+    nothing is exported; --resume continues; the CLI exits 130): each is turned into a SIGINT for this
+    process. Signal handlers belong to the main thread, so a search run from another thread keeps Ray's."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in TERMINATION:
+        signal.signal(getattr(signal, name), lambda number, frame: signal.raise_signal(signal.SIGINT))
 
 
 def say(phase: str) -> None:

@@ -14,13 +14,17 @@ closing lines (balm_tune.closing), the report and bench/ read it back.
       config.yaml         the winner's full config             checkpoint.pt  the winner's weights
       summary.json        Summary                              report/        index.html and its pictures
       integrity.json      HMACs of Ray's pickles (balm_tune.integrity)
+      driver.lock         while a driver runs the search: its host and pid (one driver per experiment)
       <trial>/result.json Ray's per-trial results              final_seeds/   the winner retrained
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +49,7 @@ INTEGRITY = "integrity.json"
 REPORT = "report"
 REPORT_INDEX = "index.html"
 TRIAL_RESULT = "result.json"  # Ray's, in every trial's folder
+LOCK = "driver.lock"
 FINAL_SEEDS = "final_seeds"
 TENSORBOARD = "events.out.tfevents"  # the prefix of Ray's TensorBoard event files
 # what `python -m balm_tune.report` needs from a remote experiment: the exported files, then the trials'
@@ -56,6 +61,10 @@ WINDOWS_NOTE = "validation (selection) on an evenly spaced subset when max_eval_
 
 class ExperimentError(BalmError):
     """A folder or summary that is not (or not yet) a balm_tune experiment's."""
+
+
+class LockError(ExperimentError):
+    """Another driver runs this experiment (its lock names the host and pid)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,50 @@ class Experiment:
             self.location.child(name).download(self.path(name))
         return len(names)
 
+    def check_unlocked(self) -> dict[str, Any]:
+        """LockError when a driver that may still run holds the experiment's lock; else what a lock left
+        by an ended driver says ({} when there is none)."""
+        lock = self.location.child(LOCK)
+        held = _read_lock(lock) if lock.exists() else {}
+        if lock.exists() and _alive(held):
+            raise LockError(
+                f"{lock.uri}: the experiment is being run by {held.get('user', '?')}@{held.get('host', '?')} "
+                f"pid {held.get('pid', '?')} since {held.get('since', '?')}; wait for it to end, or pass "
+                "--break-lock if that driver is gone"
+            )
+        return held
+
+    @contextlib.contextmanager
+    def locked(self, break_lock: bool = False) -> Iterator[None]:
+        """Hold the experiment's driver lock while inside: a second driver of the same experiment gets a
+        LockError naming the holder. A lock left by a driver that died on this host (its pid no longer
+        runs that process) is taken over; `break_lock` takes over any lock (a driver gone on another host).
+        Local folders: an exclusive create; URI storage: a lease object written and read back."""
+        lock = self.location.child(LOCK)
+        holder = _holder()
+        if lock.exists() and not break_lock:
+            held = self.check_unlocked()
+            print(f"note: taking over the lock of pid {held.get('pid')} on {held.get('host')}, which has ended")
+            lock.delete()
+        if lock.is_local and not break_lock:
+            Path(lock.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                raise LockError(f"{lock.uri}: another driver took the experiment's lock a moment ago") from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(holder))
+        else:
+            lock.write_bytes(json.dumps(holder).encode())
+            if _read_lock(lock).get("token") != holder["token"]:  # a lease another driver wrote after ours
+                raise LockError(f"{lock.uri}: another driver took the experiment's lock a moment ago")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                if _read_lock(lock).get("token") == holder["token"]:
+                    lock.delete()
+
     def write_summary(self, summary: Summary) -> Path:
         return write_atomic(self.summary_file, json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
 
@@ -183,6 +236,47 @@ class Experiment:
         if not self.summary_file.is_file():
             raise ExperimentError(f"{self.summary_file}: missing (the search has not finished)")
         return Summary.from_dict(json.loads(self.summary_file.read_text()), self.summary_file)
+
+
+def _holder() -> dict[str, Any]:
+    import getpass
+    import secrets
+    import socket
+    import time
+
+    import psutil
+
+    pid = os.getpid()
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "started": psutil.Process(pid).create_time(),  # with the pid: the same process, not a reused pid
+        "user": getpass.getuser(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "token": secrets.token_hex(8),
+    }
+
+
+def _read_lock(lock: Location) -> dict[str, Any]:
+    try:
+        held = json.loads(lock.read_bytes())
+    except (OSError, ValueError):
+        return {}  # unreadable or half-written: treated as a lock whose holder cannot be told alive
+    return held if isinstance(held, dict) else {}
+
+
+def _alive(held: dict[str, Any]) -> bool:
+    """Whether the lock's holder may still run: always for another host (it cannot be told from here)."""
+    import socket
+
+    import psutil
+
+    if held.get("host") != socket.gethostname():
+        return True
+    try:
+        return abs(psutil.Process(int(held["pid"])).create_time() - float(held["started"])) < 1.0
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
 
 
 # --- summary.json ------------------------------------------------------------------------------------

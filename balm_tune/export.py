@@ -90,7 +90,7 @@ def leaderboard(results: ResultGrid, space: SearchSpace) -> list[TrialRow]:
                 status=trial_status(metrics, outcome, space.scheduler.type),
                 outcome=outcome,
                 reason=metrics.get("diverged") or reason,
-                params={k: _plain(result.config[k]) for k in space.search if k in result.config},
+                params={k: _plain(v) for k, v in (result.config or {}).items() if k in space.search},
                 best_val_mse=math.inf if failed else metrics.get("best_val_mse", math.inf),
                 best_val_mae=math.inf if failed else metrics.get("best_val_mae", math.inf),
                 epochs_run=metrics.get("epoch", 0),

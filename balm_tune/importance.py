@@ -25,16 +25,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from balm_tune.study import open_study, study_names
-from core.errors import BalmError
+from balm_tune.study import StudyError, open_study, study_names
 
 MIN_TRIALS = 8
 RELIABLE_TRIALS = 12  # from here on the synthetic check ranks the dominant key first in 16/20 studies or more
 PED_ANOVA_QUANTILE = 0.25  # Optuna's default 0.1 keeps 1-2 trials of a small study: 10/20 right at n=16
-
-
-class StudyError(BalmError):
-    """The experiment's Optuna study file cannot be read as this experiment's study."""
 
 
 @dataclass

@@ -13,10 +13,11 @@ experiment (<uri>/report/).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,13 @@ from balm_tune.experiment import (
     EARLIER_CONFIG,
     EXPORTED,
     LEADERBOARD,
+    REPORT_INDEX,
     TRIAL_FILES,
     Experiment,
     ExperimentError,
     Summary,
 )
+from core.cli import Parser
 from core.errors import BalmError
 
 if TYPE_CHECKING:
@@ -64,20 +67,33 @@ class Report:
 def write_report(experiment: Experiment | str | Path, importances: Importances | None = None) -> Report:
     """Build <experiment>/report/ (PNGs + index.html) from the experiment's mirror and return what was
     written; a remote experiment's report is also published to <location>/report/. `importances`: the
-    ones the search computed (else they are computed again from the study, which a rebuild re-reads)."""
+    ones the search computed (else they are computed again from the study, which a rebuild re-reads).
+    The report is built in a folder beside it and replaces the old one only once all of it is written:
+    a rebuild that fails (a damaged checkpoint) leaves the earlier report as it was."""
     experiment = experiment if isinstance(experiment, Experiment) else Experiment.local(experiment)
     board, summary = _read_inputs(experiment)  # checked before the heavy imports below
+    folder = experiment.report.with_name(f".{experiment.report.name}.new.{os.getpid()}")
+    folder.mkdir(parents=True)
+    try:
+        importances, written = _build(experiment, board, summary, importances, folder)
+        _swap(folder, experiment.report)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
+    written = [experiment.report / path.name for path in written]
+    experiment.publish(*written)
+    return Report(experiment.report, written[-1], written[:-1], importances)
+
+
+def _build(
+    experiment: Experiment, board: list[dict], summary: Summary, importances: Importances | None, folder: Path
+) -> tuple[Importances, list[Path]]:
+    """The pictures and index.html in `folder` (index.html last)."""
     from balm_tune import figures
     from balm_tune.importance import experiment_importances
     from balm_tune.space import load_space
 
     search = list(load_space(experiment.space_file).search)
     winner = summary.winner.trial_id if summary.winner else None
-    folder = experiment.report
-    folder.mkdir(exist_ok=True)
-    for name in PICTURES:  # a rebuild leaves no picture of an earlier build (importances may now be absent)
-        (folder / name).unlink(missing_ok=True)
-
     trials = trial_curves(experiment, board)
     windows = summary.windows
     val_windows = _windows(windows.val, windows.val_total, "validation")
@@ -104,10 +120,20 @@ def write_report(experiment: Experiment | str | Path, importances: Importances |
             f"MSE per window on standardised values."
         )
         figures.forecasts(winner_forecasts(trainer, WINDOWS_PER_VARIABLE), caption, written[-1])
-    index = folder / "index.html"
+    index = folder / REPORT_INDEX
     index.write_text(_index_html(experiment, board, summary, importances, written, val_windows, test_windows))
-    experiment.publish(*written, index)
-    return Report(folder, index, written, importances)
+    return importances, [*written, index]
+
+
+def _swap(new: Path, old: Path) -> None:
+    """Put the finished folder `new` where `old` was (the old one removed once it is out of the way)."""
+    if old.exists():
+        retired = old.with_name(f".{old.name}.old.{os.getpid()}")
+        old.rename(retired)
+        new.rename(old)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        new.rename(old)
 
 
 def trial_curves(experiment: Experiment | Path, board: list[dict]) -> list[TrialCurve]:
@@ -359,7 +385,7 @@ def _cell(column: str, value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m balm_tune.report", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m balm_tune.report", description=__doc__.splitlines()[0])
     p.add_argument("experiment", help="experiment of a finished search: its folder (runs/<name>) or storage URI")
     p.add_argument("--out", default="runs", help="with a URI: the local folder that receives <name>/ (default runs/)")
     args = p.parse_args(argv)

@@ -26,6 +26,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from balm_tune.space import DEFAULT_SPACE
+from core.cli import Parser
 from core.config import parse_set_args
 from core.errors import BalmError
 
@@ -39,7 +40,7 @@ QUIET_RAY = {"TUNE_WARN_THRESHOLD_S": "60"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # one add_argument per flag, in --help's order: long, but a table to read, not logic to follow
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m balm_tune.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--space", help=f"search space YAML (default: {DEFAULT_SPACE}; with --resume: the experiment's own)")
@@ -71,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trust-experiment",
         action="store_true",
         help="--resume a folder that this user's searches did not sign (its pickles can run code: see README)",
+    )
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over the experiment from a driver that is gone (one driver per experiment: driver.lock)",
     )
     p.add_argument("--seed", type=int, help="seed of the Optuna sampler (overrides the space's seed)")
     p.add_argument(
@@ -178,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             resume=args.resume,
             trust_experiment=args.trust_experiment,
+            break_lock=args.break_lock,
             address=args.address,
             num_samples=args.num_samples,
             max_epochs=args.max_epochs,

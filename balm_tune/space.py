@@ -38,12 +38,12 @@ from balm_tune.strategies import (
     Strategy,
     StrategyError,
     check_buildable,
-    create_sampler,
     create_scheduler,
     parse_strategy,
+    try_sampler,
 )
 from core.config import BalmConfig, ConfigError
-from core.errors import BalmError
+from core.errors import BalmError, shown
 from core.yamlio import read_yaml
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
@@ -113,6 +113,15 @@ class Distribution:
         if self.kind == "log_float":
             return tune.loguniform(self.low, self.high)
         return tune.choice(list(self.values))
+
+    def to_optuna(self):
+        import optuna.distributions as d
+
+        if self.kind == "int":
+            return d.IntDistribution(int(self.low), int(self.high))
+        if self.kind in ("float", "log_float"):
+            return d.FloatDistribution(self.low, self.high, log=self.kind == "log_float")
+        return d.CategoricalDistribution(list(self.values))
 
     def contains(self, value: Any) -> bool:
         if self.kind == "choice":
@@ -230,7 +239,7 @@ def _number(path: Path, key: str, value: Any, minimum: float, integer: bool = Fa
     ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value < minimum:
         kind = "an integer" if integer else "a number"
-        raise _fail(path, key, f"got {value!r}, expected {kind} >= {minimum}")
+        raise _fail(path, key, f"got {shown(value)}, expected {kind} >= {minimum}")
     return value
 
 
@@ -250,7 +259,7 @@ def _distribution(path: Path, key: str, spec: Any, base: BalmConfig) -> Distribu
             "the budget); set it in 'base' and run one search per value",
         )
     if not isinstance(spec, dict) or spec.get("type") not in KINDS:
-        raise _fail(path, where, f"expected a mapping with 'type' one of {KINDS}, got {spec!r}")
+        raise _fail(path, where, f"expected a mapping with 'type' one of {KINDS}, got {shown(spec)}")
     allowed = {"type", "values"} if spec["type"] == "choice" else {"type", "low", "high"}
     if set(spec) - allowed:
         raise _fail(path, where, f"unknown key(s) {sorted(set(spec) - allowed)}, expected {sorted(allowed)}")
@@ -273,7 +282,7 @@ def _distribution(path: Path, key: str, spec: Any, base: BalmConfig) -> Distribu
             base.with_overrides({key: value})
         except ConfigError as err:
             raise _fail(
-                path, where, f"value {value!r} is invalid for the base config: {str(err).split(': ', 1)[-1]}"
+                path, where, f"value {shown(value)} is invalid for the base config: {str(err).split(': ', 1)[-1]}"
             ) from None
     return dist
 
@@ -292,7 +301,8 @@ def _check_budget(space: SearchSpace) -> None:
     if space.scheduler.type == "pbt" and not space.mutations():
         raise _fail(p, "scheduler.type", "pbt perturbs float keys; the space searches none")
     try:
-        check_buildable("searcher", create_sampler, space.searcher, space.seed)
+        distributions = {key: dist.to_optuna() for key, dist in space.search.items()}
+        check_buildable("searcher", try_sampler, space.searcher, space.seed, distributions)
         check_buildable(
             "scheduler", create_scheduler, space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()
         )
@@ -323,7 +333,7 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
                 unknown = sorted(set(value) - keys)
                 raise _fail(path, f"{section}.{unknown[0]}", f"unknown key, expected one of {sorted(keys)}")
         elif section in ("description", "gpu_budget") and not isinstance(value, str):
-            raise _fail(path, section, f"got {value!r}, expected text (leave the key out if there is none)")
+            raise _fail(path, section, f"got {shown(value)}, expected text (leave the key out if there is none)")
     try:
         base = BalmConfig.from_dict(raw.get("base") or {}, source="base")
     except ConfigError as err:
@@ -366,7 +376,7 @@ def _horizons(path: Path, raw: Any, base: BalmConfig) -> dict[int, dict[str, Any
     for pred_len, values in raw.items():
         where = f"horizons.{pred_len}"
         if not isinstance(pred_len, int) or isinstance(pred_len, bool) or pred_len < 1:
-            raise _fail(path, where, f"expected an integer pred_len >= 1, got {pred_len!r}")
+            raise _fail(path, where, f"expected an integer pred_len >= 1, got {shown(pred_len)}")
         if not isinstance(values, dict) or "pred_len" in values:
             raise _fail(path, where, "expected a mapping of config keys (other than pred_len)")
         if keys is not None and set(values) != keys:
@@ -384,7 +394,7 @@ def check_points(source: str, points: Any, search: dict[str, Distribution]) -> l
     `source` ('search space FILE' or '--enqueue FILE') starts every error."""
     if not isinstance(points, list) or not all(isinstance(p, dict) and p for p in points):
         raise SpaceError(
-            f"{source}: 'enqueue': expected a list of mappings from searched keys to values, got {points!r}"
+            f"{source}: 'enqueue': expected a list of mappings from searched keys to values, got {shown(points)}"
         )
     for i, point in enumerate(points):
         for key, value in point.items():
@@ -392,8 +402,10 @@ def check_points(source: str, points: Any, search: dict[str, Distribution]) -> l
             if dist is None:
                 raise SpaceError(f"{source}: 'enqueue[{i}].{key}': not a searched key; searched: {sorted(search)}")
             if not dist.contains(value):
-                shown = dist.values if dist.kind == "choice" else f"[{dist.low}, {dist.high}]"
-                raise SpaceError(f"{source}: 'enqueue[{i}].{key}': got {value!r}, expected {dist.kind} in {shown}")
+                allowed = dist.values if dist.kind == "choice" else f"[{dist.low}, {dist.high}]"
+                raise SpaceError(
+                    f"{source}: 'enqueue[{i}].{key}': got {shown(value)}, expected {dist.kind} in {allowed}"
+                )
     return points
 
 

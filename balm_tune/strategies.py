@@ -138,12 +138,24 @@ def _inside(bounds: dict[str, tuple[float, float]], config: dict) -> dict:
     return config
 
 
+def try_sampler(strategy: Strategy, seed: int, distributions: dict, trials: int = 4) -> None:
+    """Build the sampler and let it propose `trials` trials of an in-memory study over `distributions`:
+    a keyword value of the right name but the wrong type or range (n_startup_trials: "ten") fails here, as
+    it would at the search's first trial, not after Ray started."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=create_sampler(strategy, seed))
+    for value in range(trials):
+        study.tell(study.ask(distributions), float(value))
+
+
 def check_buildable(where: str, build, *args, **kwargs) -> None:
     """Build a strategy once (cheap) so that a bad value fails, naming `where`, before anything starts."""
     try:
         build(*args, **kwargs)
     except (TypeError, ValueError, AssertionError) as err:
-        raise StrategyError(f"'{where}': {err or type(err).__name__}") from None
+        raise StrategyError(f"'{where}': {str(err)[:200] or type(err).__name__}") from None
 
 
 def _keywords(cls: type) -> set[str]:

@@ -4,11 +4,32 @@ warm start, optuna-dashboard reads the same file)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+
+from core.errors import BalmError, shown
+
+
+class StudyError(BalmError):
+    """The experiment's Optuna study file cannot be read as this experiment's study."""
+
+
+def check_journal(journal: Path) -> None:
+    """StudyError naming the first line of `journal` that is not a journal record (Optuna reads past a
+    damaged last line, then fails inside the search once another record follows it)."""
+    with open(journal, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise StudyError(
+                    f"{journal}: line {number} is not an Optuna journal record ({shown(line[:60])}); the file is "
+                    "damaged: restore it from a copy, or delete that line and those after it"
+                ) from None
 
 
 def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:

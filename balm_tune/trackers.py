@@ -56,11 +56,22 @@ class Trackers:
         return out
 
 
+MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+CONNECT_TIMEOUT_S = 3.0
+
+
 def _check_mlflow_uri(uri: str) -> None:
-    """MLflow 3 refuses file: stores unless MLFLOW_ALLOW_FILE_STORE=true: say so before Ray starts."""
+    """A tracking URI MLflow can use, checked before Ray starts: a known scheme, a server that answers
+    within seconds (MLflow itself retries for minutes), and MLflow 3's refusal of plain file: stores."""
     if not uri.strip():
         raise TrackerError("--mlflow: expected a tracking URI such as sqlite:///mlflow.db or http://host:5000")
-    if uri.startswith("file:") or "://" not in uri:
+    bare = "databricks" if uri == "databricks" else "file"  # a bare path is a file store
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else bare
+    if scheme not in MLFLOW_SCHEMES:
+        raise TrackerError(f"--mlflow {uri}: unknown scheme {scheme!r}, expected one of {', '.join(MLFLOW_SCHEMES)}")
+    if scheme in ("http", "https"):
+        _check_reachable(uri)
+    if scheme == "file":
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -70,6 +81,27 @@ def _check_mlflow_uri(uri: str) -> None:
             raise TrackerError(
                 f"--mlflow {uri}: {str(err).splitlines()[0][:160]}... (use sqlite:///mlflow.db)"
             ) from None
+
+
+def _check_reachable(uri: str) -> None:
+    """The server of an http(s) tracking URI accepts a connection within CONNECT_TIMEOUT_S."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:
+        raise TrackerError(f"--mlflow {uri}: not a URL ({err})") from None
+    if not host:
+        raise TrackerError(f"--mlflow {uri}: no host in the URL")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise TrackerError(
+            f"--mlflow {uri}: no MLflow server answers at {host}:{port} within {CONNECT_TIMEOUT_S:g} s "
+            f"({err.strerror or err})"
+        ) from None
 
 
 def _wandb_ready() -> bool:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from balm_tune.experiment import CHECKPOINT, CONFIG, SUMMARY
 from core.atomic import write_atomic
+from core.cli import Parser
 from core.config import BalmConfig, parse_set_args, quickstart
 from core.errors import BalmError
 from core.paths import PathError, check_name
@@ -31,7 +32,7 @@ OUTPUTS = (CONFIG, CHECKPOINT, SUMMARY)  # what a run writes in its folder: the 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m balm_tune.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="YAML/JSON config file (default: the embedded CPU quick start)")

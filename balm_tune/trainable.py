@@ -19,7 +19,6 @@ from ray import tune
 
 from balm_tune.outcome import DIVERGED_FACTOR
 from balm_tune.space import SearchSpace
-from core import backbones, prompts
 from core.backbones import Backbone, load_backbone
 from core.data import ForecastData
 from core.prompts import PromptTokens
@@ -39,6 +38,11 @@ class SharedInputs:
     prompts: dict[str, PromptTokens]
     evaluate_test: bool = False  # final-seed retraining only; the search itself never sees test data
     diverged_above: float = math.inf  # best val MSE that labels a trial diverged (balm_tune.outcome.trial_status)
+
+    @property
+    def built(self) -> dict[str, int]:
+        """What the driver built for every trial: one backbone, and the prompt tables not read from the cache."""
+        return {"backbone_loads": 1, "prompt_builds": sum(p.built for p in self.prompts.values())}
 
     @property
     def num_threads(self) -> int:
@@ -63,7 +67,8 @@ def build_shared(space: SearchSpace, data: ForecastData) -> SharedInputs:
     layers = space.search.get("llm_layers")
     deepest = max(int(v) for v in layers.extremes()) if layers else space.base.llm_layers
     backbone = load_backbone(space.base.backbone, deepest, space.base.attn_implementation)
-    return SharedInputs(space, data, backbone, build_prompts(space.base, data, backbone))
+    prompts = build_prompts(space.base, data, backbone)
+    return SharedInputs(space, data, backbone, prompts)
 
 
 def trial_trainable(shared: SharedInputs):
@@ -84,8 +89,7 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
         "node_id": ray.get_runtime_context().get_node_id(),
         "device": str(trainer.device),
         "precision": trainer.precision,
-        "backbone_loads": backbones.LOADS,
-        "prompt_builds": prompts.BUILDS,
+        **trainer.built,  # backbone loads and prompt builds of this trial: 0 and 0 with the shared inputs
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
 
@@ -151,10 +155,15 @@ def _item(value):
     return value.item()
 
 
-def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Checkpoint) -> dict:
-    """Test MSE/MAE of a trial's best weights over every test window (a Ray task with the trial's
-    resources, on any node: the checkpoint is read from the experiment's storage, local or remote)."""
+def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Checkpoint, threads: int = 0) -> dict:
+    """Test MSE/MAE of a trial's best weights over every test window (a Ray task on any node: the
+    checkpoint is read from the experiment's storage, local or remote); `threads`: torch's CPU threads
+    (the trials have ended, so the task may hold a whole node's CPUs; 0: the trial's own)."""
+    import torch
+
     trainer = shared.trainer(params)
+    if threads:
+        torch.set_num_threads(threads)
     with checkpoint.as_directory() as folder:
         trainer.load(Path(folder) / CHECKPOINT_FILE)
     trainer.use_best_weights()

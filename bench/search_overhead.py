@@ -22,8 +22,8 @@ Each repeat runs both sides (the order alternates between repeats so that drift 
 figures come from each side's fastest repeat (other jobs on the machine only ever add time; medians are
 printed too). It prints the wall times, their ratio, the overhead per trial in seconds and as a share of the
 mean direct trial time (the project's target: under 10% for trials of 30 s or more), and the backbone loads:
-in this process for each side (core.backbones.LOADS) and inside the trial processes (the `backbone_loads`
-metric each trial reports). It also checks that both sides reached the same best val MSE
+in this process for each side (`Trainer.built`, `SharedInputs.built`) and inside the trial processes
+(the `backbone_loads` metric each trial reports). It also checks that both sides reached the same best val MSE
 for each config, i.e. that they really trained the same thing.
 """
 
@@ -126,31 +126,30 @@ def make_space(args: argparse.Namespace) -> SearchSpace:
 # --- the two sides -----------------------------------------------------------------------------------
 def run_direct(space: SearchSpace, data: ForecastData, configs: list[dict], threads: int) -> Side:
     """Inputs once, then Trainer.fit() for each config in turn: what a loop over core would do."""
-    loads_before = backbones.LOADS
     started = time.perf_counter()
     deepest = max(int(c.get("llm_layers", space.base.llm_layers)) for c in configs)
     backbone = backbones.load_backbone(space.base.backbone, deepest, space.base.attn_implementation)
     prompts = build_prompts(space.base, data, backbone)
     inputs_s = time.perf_counter() - started
-    trial_s, best = [], []
+    trial_s, best, loads = [], [], 1
     for params in configs:
         config = space.base.with_overrides({**params, "epochs": space.max_epochs, "num_threads": threads})
         fit_started = time.perf_counter()
         trainer = Trainer(
             config, data=data, backbone=backbone.cut(config.llm_layers), prompts=prompts, show_progress=False
         )
+        loads += trainer.built["backbone_loads"]  # 0: given the backbone
         result = trainer.fit()
         trial_s.append(time.perf_counter() - fit_started)
         best.append(result.best_val_mse)
     wall = time.perf_counter() - started
-    return Side(wall, {"inputs": inputs_s, "trials": sum(trial_s)}, trial_s, best, backbones.LOADS - loads_before)
+    return Side(wall, {"inputs": inputs_s, "trials": sum(trial_s)}, trial_s, best, loads)
 
 
 def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], storage: Path, name: str) -> Side:
     """build_shared, Ray start, a Tuner over the fixed configs (FIFO, one at a time), Ray shutdown."""
     import ray
 
-    loads_before = backbones.LOADS
     started = time.perf_counter()
     shared = build_shared(space, data)
     inputs_s = time.perf_counter() - started
@@ -183,7 +182,7 @@ def run_search(space: SearchSpace, data: ForecastData, configs: list[dict], stor
         parts,
         [m["time_total_s"] for m in ran],
         [m["best_val_mse"] for m in ran],
-        backbones.LOADS - loads_before,
+        shared.built["backbone_loads"],
         [int(m["backbone_loads"]) for m in ran],
     )
 

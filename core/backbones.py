@@ -46,9 +46,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GPT2_HUB_ID = "openai-community/gpt2"
 
 
-LOADS = 0  # backbones loaded by this process (the search reports it to show they are built once)
-
-
 class BackboneError(BalmError, ValueError):
     """A backbone that cannot be loaded here; the message says how to get it."""
 
@@ -315,8 +312,6 @@ def _cut(config, llm_layers: int, name: str) -> None:
 
 def load_backbone(name: str, llm_layers: int, attn_implementation: str = "sdpa") -> Backbone:
     """Load, cut to `llm_layers` blocks, freeze. The tokenizer pads on the right with a pad token."""
-    global LOADS
-    LOADS += 1
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the dropped layers are reported as "unexpected keys"
     transformers.logging.disable_progress_bar()

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from core.atomic import write_atomic
-from core.errors import BalmError
+from core.errors import BalmError, shown
 from core.yamlio import parse_yaml, read_yaml
 
 
@@ -96,7 +96,7 @@ class BalmConfig:
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"config key '{key}': got {getattr(self, key)!r}, expected one of {allowed}")
+                raise ConfigError(f"config key '{key}': got {shown(getattr(self, key))}, expected one of {allowed}")
         positive = ["seq_len", "pred_len", "llm_layers", "patch_len", "stride", "d_model", "d_ff"]
         positive += ["batch_size", "batch_groups", "epochs", "patience", "max_train_batches", "max_eval_batches"]
         positive += ["num_threads", "eval_batch_size"]
@@ -256,4 +256,4 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
     )
     if not ok:
         names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
-        raise ConfigError(f"config key '{name}': got {value!r} ({type(value).__name__}), expected {names}")
+        raise ConfigError(f"config key '{name}': got {shown(value)} ({type(value).__name__}), expected {names}")

@@ -9,6 +9,7 @@ scaler is fitted on the train split only. Every (start, variable) pair is one wi
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ def resolve_data_path(data_path: str) -> Path:
             raise DataError(f"data_path {data_path!r}: unknown embedded dataset, expected one of {sorted(EMBEDDED)}")
         return EMBEDDED[name]
     path = Path(data_path).expanduser()
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder, expected a CSV file (config key 'data_path')")
     if not path.is_file():
         raise DataError(f"data file {path} not found (config key 'data_path')")
     return path
@@ -54,9 +57,14 @@ def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, lis
     For S only the target column is kept; for M and MS all variables, target last.
     """
     try:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), [])  # pandas would rename a repeated name ('HUFL.1')
         frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"data file {path}: cannot be read as CSV ({str(err).splitlines()[0]})") from None
+    repeated = sorted({str(c) for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"data file {path}: column names {repeated} appear more than once; each must be unique")
     if "date" not in frame.columns:
         raise DataError(f"data file {path}: no 'date' column (columns: {list(frame.columns)[:10]})")
     if target not in frame.columns:

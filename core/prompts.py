@@ -27,7 +27,6 @@ TEMPLATES = {  # prompt_style -> text; the statistics are the same in both
 }
 TOP_K_LAGS = 5
 NORM_EPS = 1e-5
-BUILDS = 0  # prompt tables tokenised by this process (cache hits do not count)
 
 
 def normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,10 +78,12 @@ def prompt_texts(stats: WindowStats, decimals: int | None, style: str = "referen
 
 @dataclass
 class PromptTokens:
-    """Token ids of every window's prompt, right-padded: ids [W, L] int32, lengths [W]."""
+    """Token ids of every window's prompt, right-padded: ids [W, L] int32, lengths [W]. `built`: this call
+    tokenised them (False when they came from the disk cache)."""
 
     ids: torch.Tensor
     lengths: torch.Tensor
+    built: bool = False
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids [B, Lb], lengths [B]), cut to the longest prompt in the batch."""
@@ -97,8 +98,6 @@ def build_prompt_tokens(
 
     The tokenizer must pad on the right and have a pad token (core.backbones sets both).
     """
-    global BUILDS
-    BUILDS += 1
     ids, lengths = [], []
     for begin in range(0, len(windows), chunk):
         index = torch.arange(begin, min(begin + chunk, len(windows)))
@@ -113,7 +112,7 @@ def build_prompt_tokens(
             for chunk_ids in ids
         ]
     )
-    return PromptTokens(torch.from_numpy(table), torch.from_numpy(np.concatenate(lengths)))
+    return PromptTokens(torch.from_numpy(table), torch.from_numpy(np.concatenate(lengths)), built=True)
 
 
 def cache_dir() -> Path:

@@ -32,6 +32,25 @@ from core.prompts import PromptTokens, cached_prompt_tokens
 from core.schedules import Schedule
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be read (truncated, not a checkpoint); the message names it."""
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint's state (weights_only: no code is unpickled), or one CheckpointError line."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: not found") from None
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt, not torch's: all mean "cannot be read"
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read ({(str(err).splitlines() or [type(err).__name__])[0][:160]})"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "best_model", "config"} <= set(state):
+        raise CheckpointError(f"checkpoint {path}: not a balm checkpoint (expected model, best_model and config)")
+    return state
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -179,9 +198,13 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
         self.data = data or load_data(config)
+        # what this trainer built itself, rather than being given (a search's trials: 0 and 0)
+        self.built = {"backbone_loads": int(backbone is None), "prompt_builds": 0}
         backbone = backbone or load_backbone(config.backbone, config.llm_layers, config.attn_implementation)
         backbone.set_attention(config.attn_implementation)
-        prompts = prompts or build_prompts(config, self.data, backbone)
+        if prompts is None:
+            prompts = build_prompts(config, self.data, backbone)
+            self.built["prompt_builds"] = sum(p.built for p in prompts.values())
         message = prompt_length_warning(config.resolved_prompt_len, prompts)
         if message:
             warnings.warn(message, PromptLengthWarning, stacklevel=2)
@@ -379,7 +402,7 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by `save` (weights_only: no code is unpickled)."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = read_checkpoint(path, self.device)
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
@@ -412,5 +435,5 @@ def provenance(trainer: Trainer) -> dict:
 
 def load_checkpoint_config(path: str | Path) -> BalmConfig:
     """The config stored in a checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     return BalmConfig.from_dict(state["config"], source=str(path))

@@ -233,7 +233,7 @@ def test_a_search_on_a_two_node_cluster_places_trials_on_both_nodes(ray_nodes, t
     start("--num-cpus=1", '--resources={"worker_node": 1}')
     # trials long enough that the second node starts one before the first node has run them all;
     # the storage is a local path both nodes share (one disk): proven by a marker each node reads back
-    space = {"budget": {"num_samples": 4, "max_epochs": 3}, "base": {"max_train_batches": 150, "percent": 100}}
+    space = {"budget": {"num_samples": 4, "max_epochs": 2}, "base": {"max_train_batches": 100, "percent": 100}}
     trials = _search(tmp_path, env, **space)
     assert len(trials) == 4
     assert len({results[0]["node_id"] for results in trials}) == 2
@@ -247,7 +247,7 @@ def test_half_a_gpu_per_trial_packs_two_trials_on_each_of_four_gpus(ray_nodes, t
         env,
         "--gpus-per-trial",
         "0.5",
-        budget={"num_samples": 8, "max_epochs": 2},
+        budget={"num_samples": 8, "max_epochs": 1},
         base={"max_train_batches": 100, "percent": 100},
     )
     assert len(trials) == 8
@@ -270,7 +270,7 @@ def test_a_search_on_nodes_sharing_no_disk_keeps_its_experiment_in_s3_and_resume
 ):
     nodes, folder = no_shared_disk
     space = write_tiny_space(
-        folder, base={"max_train_batches": 60, "percent": 100}, budget={"num_samples": 4, "max_epochs": 2}
+        folder, base={"max_train_batches": 30, "percent": 100}, budget={"num_samples": 4, "max_epochs": 2}
     )
     where = ("--storage", "s3://balm/cluster", "--out", str(folder / "out"), "--name", "s3", "--address", "auto")
     driver = subprocess.Popen(

@@ -2,10 +2,22 @@
 copies between the two (a real S3 endpoint), and summary.json as typed data read back unchanged."""
 
 import json
+import os
+import socket
 
 import pytest
 
-from balm_tune.experiment import JOURNAL, SUMMARY, Experiment, ExperimentError, Summary, Windows, Winner
+from balm_tune.experiment import (
+    JOURNAL,
+    LOCK,
+    SUMMARY,
+    Experiment,
+    ExperimentError,
+    LockError,
+    Summary,
+    Windows,
+    Winner,
+)
 from balm_tune.importance import Importances
 
 
@@ -87,3 +99,41 @@ def test_a_summary_of_an_earlier_balm_tune_is_one_line(tmp_path):
     experiment.summary_file.write_text(json.dumps(data))
     with pytest.raises(ExperimentError, match=r"summary.json: no window counts \(missing, or written by an earlier"):
         experiment.read_summary()
+
+
+def _ended_process() -> tuple[int, float]:
+    """The pid and start time of a process that has run and ended (a driver that died)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    started = psutil.Process(child.pid).create_time()
+    child.wait()
+    return child.pid, started
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_one_driver_holds_an_experiment_and_a_dead_drivers_lock_is_taken_over(s3_endpoint, tmp_path, storage):
+    where = tmp_path / "runs" if storage == "local" else "s3://balm/locks"
+    experiment = Experiment.open(where, "locked", out=tmp_path / "out")
+    lock = experiment.location.child(LOCK)
+    with experiment.locked():
+        held = json.loads(lock.read_bytes())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+        with pytest.raises(LockError, match=rf"driver.lock: the experiment is being run by .*pid {os.getpid()} since"):
+            Experiment.open(where, "locked", out=tmp_path / "other").check_unlocked()
+        with pytest.raises(LockError, match="is being run by"), experiment.locked():
+            pass  # a second driver in this very process is refused too
+    assert not lock.exists()  # released on the way out
+    pid, started = _ended_process()
+    lock.write_bytes(json.dumps({"host": socket.gethostname(), "pid": pid, "started": started}).encode())
+    with experiment.locked():  # its holder has ended: taken over, with a note
+        assert json.loads(lock.read_bytes())["pid"] == os.getpid()
+    lock.write_bytes(json.dumps({"host": "another-node", "pid": 1, "started": 0.0}).encode())
+    with pytest.raises(LockError, match=r"another-node pid 1 .*--break-lock if that driver is gone"):
+        experiment.check_unlocked()  # another host's driver cannot be told dead from here
+    with experiment.locked(break_lock=True):
+        assert json.loads(lock.read_bytes())["host"] == socket.gethostname()
+    assert not lock.exists()

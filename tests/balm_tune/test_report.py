@@ -110,6 +110,19 @@ def test_the_cli_rebuilds_the_report(search, tmp_path):
     assert _pictures(copy / "report") == _pictures(search.experiment / "report")
 
 
+def test_a_rebuild_over_a_damaged_checkpoint_is_one_line_and_keeps_the_earlier_report(search, tmp_path):
+    copy = tmp_path / "damaged"
+    shutil.copytree(search.experiment, copy)
+    before = {name: (copy / "report" / name).read_bytes() for name in [*_pictures(copy / "report"), "index.html"]}
+    whole = (copy / "checkpoint.pt").read_bytes()
+    (copy / "checkpoint.pt").write_bytes(whole[: len(whole) // 2])
+    run = subprocess.run([sys.executable, "-m", "balm_tune.report", str(copy)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert f"error: checkpoint {copy / 'checkpoint.pt'}: cannot be read" in run.stderr
+    after = {p.name: p.read_bytes() for p in (copy / "report").iterdir()}
+    assert after == before and sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
+
+
 def test_the_cli_builds_the_report_of_an_experiment_in_s3_and_uploads_it_beside(search, s3_endpoint, tmp_path):
     from balm_tune.storage import open_location
 

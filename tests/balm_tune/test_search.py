@@ -231,7 +231,7 @@ def _snapshot(experiment: Path) -> dict[str, str]:
 
 def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
     path = write_tiny_space(
-        tmp_path, base={"max_train_batches": 150, "percent": 100}, budget={"num_samples": 8, "max_epochs": 3}
+        tmp_path, base={"max_train_batches": 70, "percent": 100}, budget={"num_samples": 8, "max_epochs": 3}
     )
     storage = tmp_path / "runs"
     experiment = storage / "killed"
@@ -302,7 +302,7 @@ def test_a_resume_whose_tune_state_is_a_step_ahead_of_its_trials_trains_exactly_
     from balm_tune.storage import open_location
 
     path = write_tiny_space(
-        tmp_path, base={"max_train_batches": 30}, budget={"num_samples": 4, "max_epochs": 2},
+        tmp_path, base={"max_train_batches": 12}, budget={"num_samples": 4, "max_epochs": 2},
         resources={"cpus_per_trial": 2},  # one trial at a time on this 2-CPU Ray
     )  # fmt: skip
     storage, experiment = tmp_path / "runs", tmp_path / "runs" / "ahead"
@@ -344,7 +344,7 @@ def test_a_resume_whose_tune_state_is_a_step_ahead_of_its_trials_trains_exactly_
     assert "stalled" not in resumed.stdout + resumed.stderr
 
 
-def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
+def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint_and_a_second_driver_is_refused(tmp_path):
     path = write_tiny_space(tmp_path, base={"max_train_batches": 60}, budget={"num_samples": 1, "max_epochs": 4})
     storage = tmp_path / "runs"
     driver = subprocess.Popen(
@@ -363,6 +363,10 @@ def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
         )
         first = _result_lines(trial_dir)[0]
         os.kill(first["pid"], signal.SIGKILL)  # the Ray worker running the trial
+        # one driver per experiment: a second one on the same --name is one line naming the first, rc 2
+        second = run_command(search_command("--space", str(path), "--storage", str(storage), "--name", "crash"), 120)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr[-2000:]
+        assert "driver.lock: the experiment is being run by " in second.stderr and f"pid {driver.pid} " in second.stderr
         out, _ = finish(driver, timeout=400)
     finally:
         if driver.poll() is None:
@@ -372,11 +376,19 @@ def test_a_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     assert results[-1]["epoch"] == 4 and results[-1]["pid"] != first["pid"]  # finished in a new worker
     assert [r["epoch"] for r in results] == sorted({r["epoch"] for r in results})  # no epoch trained twice
     assert "Failure # 1" in (trial_dir / "error.txt").read_text()
-    assert _rows(experiment)[0]["status"] == "finished"
+    assert _rows(experiment)[0]["status"] == "finished" and not (experiment / "driver.lock").exists()
 
 
-def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(tmp_path, capsys):
-    path = write_tiny_space(tmp_path, base={"max_train_batches": 40}, budget={"num_samples": 3, "max_epochs": 2})
+@pytest.mark.parametrize(
+    "stop",
+    [
+        lambda driver: os.killpg(driver.pid, signal.SIGINT),  # Ctrl-C in a terminal: the whole foreground group
+        lambda driver: os.kill(driver.pid, signal.SIGTERM),  # Slurm, Kubernetes, docker stop: the driver alone
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_stops_the_trials_exports_nothing_exits_130_and_resume_continues(tmp_path, capsys, stop):
+    path = write_tiny_space(tmp_path, base={"max_train_batches": 25}, budget={"num_samples": 3, "max_epochs": 2})
     storage = tmp_path / "runs"
     experiment = storage / "ctrlc"
     driver = subprocess.Popen(
@@ -388,7 +400,7 @@ def test_ctrl_c_stops_the_trials_exports_nothing_exits_130_and_resume_continues(
     )
     try:
         wait_for(lambda: any(_result_lines(d) for d in experiment.glob("train_balm_*")), 240, "a first epoch")
-        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        stop(driver)
         out, _ = finish(driver, timeout=300)
     finally:
         if driver.poll() is None:

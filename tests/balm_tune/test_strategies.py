@@ -111,3 +111,34 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# one keyword of every table entry that takes one, with a value of the right name but the wrong type:
+# each used to pass the checks (the class builds) and fail at the first trial, after Ray started
+BAD_VALUES = {
+    ("searcher", "tpe"): {"n_startup_trials": "ten"},
+    ("searcher", "cmaes"): {"n_startup_trials": "ten"},
+    ("searcher", "gp"): {"n_startup_trials": "ten"},
+    ("searcher", "qmc"): {"qmc_type": "fibonacci"},
+    ("searcher", "nsga2"): {"population_size": "ten"},
+    ("scheduler", "asha"): {"grace_period": "one"},
+    ("scheduler", "hyperband"): {"reduction_factor": "three"},
+    ("scheduler", "median"): {"grace_period": "one"},
+    ("scheduler", "pbt"): {"perturbation_interval": "often"},
+}
+
+
+def test_every_strategy_with_keywords_has_a_bad_value_case():
+    takes_keywords = {("searcher", s) for s in SEARCHERS if s != "random"} | {
+        ("scheduler", s) for s in SCHEDULERS if s != "fifo"
+    }
+    assert set(BAD_VALUES) == takes_keywords  # random and fifo take no keyword of their own
+
+
+@pytest.mark.parametrize(("section", "kind"), list(BAD_VALUES), ids=[f"{s}-{k}" for s, k in BAD_VALUES])
+def test_a_keyword_value_of_the_wrong_type_fails_when_the_space_is_loaded(tmp_path, section, kind):
+    sections = {section: {"type": kind, **BAD_VALUES[section, kind]}}
+    if kind == "pbt":
+        sections["searcher"] = {"type": "random"}
+    with pytest.raises(SpaceError, match=rf"search space .*space.yaml: '{section}(\.\w+)?': \S"):
+        load_space(write_tiny_space(tmp_path, **sections))

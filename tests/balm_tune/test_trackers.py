@@ -1,6 +1,7 @@
 """Experiment trackers: every trial's params and metrics reach MLflow and W&B (Ray's logger callbacks)."""
 
 import json
+import re
 import struct
 import time
 from pathlib import Path
@@ -111,6 +112,21 @@ def test_an_mlflow_file_store_that_mlflow_refuses_is_one_line_before_anything_st
     with pytest.raises(TrackerError, match=f"--mlflow file:{tmp_path}/mlruns: .*use sqlite"):
         prepare_search(write_tiny_space(tmp_path), storage=tmp_path / "runs", mlflow=f"file:{tmp_path}/mlruns")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("bogus://::nowhere", "unknown scheme 'bogus', expected one of sqlite"),
+        ("http://127.0.0.1:9", "no MLflow server answers at 127.0.0.1:9 within 3 s"),  # nothing listens there
+        ("http://[::1", "not a URL"),
+    ],
+)
+def test_an_mlflow_uri_that_cannot_work_is_one_line_within_seconds(tmp_path, uri, message):
+    started = time.perf_counter()
+    with pytest.raises(TrackerError, match=re.escape(f"--mlflow {uri}: {message}")):
+        prepare_search(write_tiny_space(tmp_path), storage=tmp_path / "runs", mlflow=uri)
+    assert time.perf_counter() - started < 30 and not (tmp_path / "runs").exists()
 
 
 def test_a_wandb_logging_actor_is_killed_only_after_its_run_has_finished(tmp_path):

@@ -94,6 +94,15 @@ def test_missing_file_and_unknown_embedded_dataset(tmp_path):
         load_data(BalmConfig(data_path="embedded:Weather"))
 
 
+def test_a_repeated_column_name_and_a_folder_as_data_path_are_named(tmp_path):
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("date,HUFL,HUFL,OT\n2020-01-01 00:00,1,2,3\n2020-01-01 01:00,1,2,3\n")
+    with pytest.raises(DataError, match=r"repeated.csv: column names \['HUFL'\] appear more than once"):
+        load_data(BalmConfig(data_path=str(repeated)))  # pandas alone would read the second as 'HUFL.1'
+    with pytest.raises(DataError, match=rf"data file {tmp_path} is a folder, expected a CSV file"):
+        load_data(BalmConfig(data_path=str(tmp_path)))
+
+
 def test_embedded_etth1_is_the_unmodified_file():
     # the sha256 published with the ETDataset copy used by every benchmark (17,420 rows x date + 7)
     data = load_data(BalmConfig(seq_len=96, pred_len=24))
