@@ -217,7 +217,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
     already initialised, which is left running) and export the winner; `verbose`: Ray's own console output.
 
     The stages, each a function of the plan and what the stage before it made (docs/search.md):
-    `start` (Ray, shared inputs, baselines) -> `run_trials` (Tune) -> `collect` (leaderboard, study,
+    `start` (Ray, shared inputs, baselines) -> `tuner_for` + fit (Tune) -> `collect` (leaderboard, study,
     summary) -> `export` (winner, test, final seeds) -> `report`. Ctrl-C stops the trials (Tune saves
     their state): nothing is exported and the result says `interrupted`; `--resume` continues. The
     winner's checkpoint is loaded before any file is replaced.
@@ -231,8 +231,9 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
     with plan.experiment.locked(plan.break_lock):  # one driver per experiment, from before its first file
         try:
             ready = start(plan, address)
+            tuner = tuner_for(plan, ready, verbose)  # with --resume: only after the pickles are verified
             tuned = True  # from here on, the experiment's pickles are this run's (or trusted) ones
-            results = run_trials(plan, ready, verbose)
+            results = tuner.fit()
             collected = collect(plan, ready, results)
             if collected.summary is None:  # interrupted: the study's trials stay open for --resume
                 return _closed(collected.result(plan))
@@ -302,12 +303,12 @@ def start(plan: SearchPlan, address: str | None) -> Started:
     return Started(space, shared, baselines, concurrent)
 
 
-def run_trials(plan: SearchPlan, ready: Started, verbose: bool):
-    """Tune's trials (a ray.tune.ResultGrid), new or restored with --resume."""
+def tuner_for(plan: SearchPlan, ready: Started, verbose: bool):
+    """Tune's Tuner of the trials, new or restored with --resume (its `fit` runs them)."""
     from balm_tune.tuner import make_tuner
 
     experiment = plan.experiment
-    tuner = make_tuner(
+    return make_tuner(
         ready.space,
         ready.shared,
         experiment.location,
@@ -319,7 +320,6 @@ def run_trials(plan: SearchPlan, ready: Started, verbose: bool):
         verbose=verbose,
         trust_experiment=plan.trust_experiment,
     )
-    return tuner.fit()
 
 
 @dataclass
