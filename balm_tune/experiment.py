@@ -209,8 +209,10 @@ class Experiment:
             held = self.check_unlocked()
             print(f"note: taking over the lock of pid {held.get('pid')} on {held.get('host')}, which has ended")
             lock.delete()
+        folder = Path(lock.path).parent
+        made = [p for p in (folder, *folder.parents) if not p.exists()] if lock.is_local else []
         if lock.is_local and not break_lock:
-            Path(lock.path).parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -227,6 +229,8 @@ class Experiment:
             with contextlib.suppress(OSError):
                 if _read_lock(lock).get("token") == holder["token"]:
                     lock.delete()
+                for path in made:  # a search refused before it wrote anything leaves no folder behind
+                    path.rmdir()  # only if empty (OSError otherwise: the experiment's files stay)
 
     def write_summary(self, summary: Summary) -> Path:
         return write_atomic(self.summary_file, json.dumps(summary.to_dict(), indent=2, default=str) + "\n")

@@ -247,8 +247,8 @@ def test_half_a_gpu_per_trial_packs_two_trials_on_each_of_four_gpus(ray_nodes, t
         env,
         "--gpus-per-trial",
         "0.5",
-        budget={"num_samples": 8, "max_epochs": 1},
-        base={"max_train_batches": 100, "percent": 100},
+        budget={"num_samples": 8, "max_epochs": 2},
+        base={"max_train_batches": 70, "percent": 100},
     )
     assert len(trials) == 8
     # each trial's span, from its first epoch's start to its last report; Ray's timestamps are whole seconds,

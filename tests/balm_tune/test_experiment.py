@@ -137,3 +137,13 @@ def test_one_driver_holds_an_experiment_and_a_dead_drivers_lock_is_taken_over(s3
     with experiment.locked(break_lock=True):
         assert json.loads(lock.read_bytes())["host"] == socket.gethostname()
     assert not lock.exists()
+
+
+def test_a_lock_released_before_anything_was_written_leaves_no_folder(tmp_path):
+    experiment = Experiment.open(tmp_path / "new" / "runs", "x")
+    with experiment.locked():
+        assert (tmp_path / "new" / "runs" / "x" / LOCK).is_file()
+    assert not (tmp_path / "new").exists()  # a search refused at once (a cluster check) created nothing
+    with experiment.locked():
+        (experiment.folder / "search_space.yaml").write_text("x\n")
+    assert sorted(p.name for p in experiment.folder.iterdir()) == ["search_space.yaml"]
