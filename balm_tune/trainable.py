@@ -156,18 +156,24 @@ def _item(value):
 
 
 def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Checkpoint, threads: int = 0) -> dict:
-    """Test MSE/MAE of a trial's best weights over every test window (a Ray task on any node: the
-    checkpoint is read from the experiment's storage, local or remote); `threads`: torch's CPU threads
-    (the trials have ended, so the task may hold a whole node's CPUs; 0: the trial's own)."""
+    """Test MSE/MAE of a trial's best weights over every test window: in the driver, or as a Ray task on
+    any node (the checkpoint is read from the experiment's storage, local or remote); `threads`: torch's
+    CPU threads (the trials have ended, so it may use a whole node's CPUs; 0: the trial's own). The
+    calling process's torch threads and RNG state are left as they were."""
     import torch
 
-    trainer = shared.trainer(params)
-    if threads:
-        torch.set_num_threads(threads)
-    with checkpoint.as_directory() as folder:
-        trainer.load(Path(folder) / CHECKPOINT_FILE)
-    trainer.use_best_weights()
-    test = trainer.evaluate("test")
+    saved_threads, saved_rng = torch.get_num_threads(), torch.get_rng_state()
+    try:
+        trainer = shared.trainer(params)
+        if threads:
+            torch.set_num_threads(threads)
+        with checkpoint.as_directory() as folder:
+            trainer.load(Path(folder) / CHECKPOINT_FILE)
+        trainer.use_best_weights()
+        test = trainer.evaluate("test")
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.set_rng_state(saved_rng)
     return {"test_mse": test.mse, "test_mae": test.mae, "test_windows": test.windows}
 
 
