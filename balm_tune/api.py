@@ -230,7 +230,7 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
     started, own_ray, tuned = time.perf_counter(), not ray.is_initialized(), False
     with plan.experiment.locked(plan.break_lock):  # one driver per experiment, from before its first file
         try:
-            ready = start(plan, address)
+            ready = start(plan, address, verbose)
             tuner = tuner_for(plan, ready, verbose)  # with --resume: only after the pickles are verified
             tuned = True  # from here on, the experiment's pickles are this run's (or trusted) ones
             results = tuner.fit()
@@ -260,7 +260,7 @@ class Started:
     concurrent: int
 
 
-def start(plan: SearchPlan, address: str | None) -> Started:
+def start(plan: SearchPlan, address: str | None, verbose: bool = False) -> Started:
     """Ray up (or reached), the backbone and every window's prompt token ids built once, the baselines
     scored on the trials' windows, the trials sized on the cluster; the space saved in a new experiment."""
     import ray
@@ -271,7 +271,13 @@ def start(plan: SearchPlan, address: str | None) -> Started:
     from core.train import prompt_length_warning
 
     space, data, experiment = plan.space, plan.data, plan.experiment
-    cluster = init_ray(address, experiment.location)  # reachable; a local storage path is shared by every node
+    if not ray.is_initialized():
+        say(
+            "starting a local Ray on this machine"
+            if address in (None, "local")
+            else f"joining the Ray cluster at {address}"
+        )
+    cluster = init_ray(address, experiment.location, verbose)  # reachable; a local storage path is shared by all
     stop_on_termination()  # after ray.init, whose own SIGTERM handler would abort the driver
     concurrent = trials_at_once(plan, cluster)  # one trial fits: checked before the backbone loads
     windows = len(data.train) + len(data.val) + len(data.test)

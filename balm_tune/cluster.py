@@ -8,6 +8,7 @@ at `min_workers: 0` are started by the autoscaler when the pending trials ask fo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -92,7 +93,7 @@ class Cluster:
         return max(1, now, scaled if self.types else 0)
 
 
-def init_ray(address: str | None, storage: Location) -> Cluster:
+def init_ray(address: str | None, storage: Location, verbose: bool = False) -> Cluster:
     """Join the cluster at `address` (or start a local Ray on loopback) and describe it.
 
     Raises ClusterError, before any trial starts, when nothing answers at `address` or a local
@@ -103,11 +104,14 @@ def init_ray(address: str | None, storage: Location) -> Cluster:
     if ray.is_initialized():  # the Ray this process has already started (a Python API user, tests)
         return Cluster(live_nodes(), [])
     check_address(address)
+    # Ray's INFO lines ("Started a local Ray instance", Tune's "Wrote the latest version of all result
+    # files ...") only with --verbose: the search prints its own line for each step
+    level = logging.INFO if verbose else logging.WARNING
     if not address or address == "local":
-        _start_local_ray()
+        _start_local_ray(level, verbose)
         return Cluster(live_nodes(), [])
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray >= 2.59 clusters use token authentication
-    ray.init(address=address, log_to_driver=False)
+    ray.init(address=address, log_to_driver=False, logging_level=level)
     cluster = Cluster(live_nodes(), node_types())
     if storage.is_local:
         check_shared(storage, cluster)
@@ -145,7 +149,11 @@ def auto_gpus_per_trial(cluster: Cluster, shared) -> float:
     return 1.0 / per_gpu
 
 
-def _start_local_ray() -> None:
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"  # its warning at every local start:
+TOKEN_ENABLED = "Token authentication is enabled for this Ray cluster"  # (the "disabled" warning still shows)
+
+
+def _start_local_ray(logging_level: int, verbose: bool) -> None:
     """A private Ray on loopback only: node IP 127.0.0.1, so GCS, raylet and workers bind 127.0.0.1.
 
     `ray.init` maps a 127.0.0.1 node address to the machine's outward IP unless Ray believes the
@@ -158,8 +166,10 @@ def _start_local_ray() -> None:
     # trial workers at normal priority (Ray's default niceness 15 lets the driver and Ray's own
     # daemons take CPU from the trials on a small machine)
     os.environ.setdefault("RAY_worker_niceness", "0")
+    if not verbose:  # Ray's default token authentication, on as it should be: nothing for the user to do
+        logging.getLogger(TOKEN_LOGGER).addFilter(lambda r: not r.getMessage().startswith(TOKEN_ENABLED))
     with loopback_node():
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging_level)
 
 
 def live_nodes() -> list[NodeShape]:

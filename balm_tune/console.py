@@ -3,8 +3,8 @@ Tune's public `ProgressReporter`), beside `balm_tune.callbacks.TrialLines`' one 
 
 Ray's own per-trial config and result boxes are Tune's verbosity 3; a search runs Tune at verbosity 1
 (experiment status only) with this table instead, and `--verbose` gives Ray's full output back
-(`tune_settings`). Tune honours a custom reporter only with its classic output engine
-(`RAY_AIR_NEW_OUTPUT=0`, a documented Ray setting), which the quiet mode selects.
+(`balm_tune.tuner`). Tune honours a custom reporter only with its classic output engine
+(`RAY_AIR_NEW_OUTPUT=0`, a documented Ray setting), which `build_tuner` selects with this table.
 """
 
 from __future__ import annotations
@@ -18,14 +18,6 @@ from balm_tune.outcome import trial_outcome, trial_status
 
 EVERY_S = 60.0  # seconds between two tables (the last one is printed when Tune ends)
 BEST_SHOWN = 3  # ended trials shown in a table, best first, beside every running one
-
-
-def quiet_settings(verbose: bool) -> dict[str, str]:
-    """Ray settings (environment variables, read by Tune when it starts) of a search's console: Ray's full
-    output with `verbose`, else the classic engine (for SearchTable) and no warning about a slow Tune event
-    loop (`TUNE_WARN_THRESHOLD_S`; on 2 cores a trial result can take over Ray's 0.5 s to process: nothing
-    for the user to do)."""
-    return {} if verbose else {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_THRESHOLD_S": "60"}
 
 
 class SearchTable(ProgressReporter):

@@ -34,7 +34,7 @@ from balm_tune.experiment import (
     ExperimentError,
     Summary,
 )
-from core.cli import Parser
+from core.cli import Parser, exit_with
 from core.errors import BalmError
 
 if TYPE_CHECKING:
@@ -412,4 +412,4 @@ def _from_uri(uri: str, out: str) -> Report:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -26,7 +26,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from balm_tune.space import DEFAULT_SPACE
-from core.cli import Parser
+from core.cli import Parser, exit_with
 from core.config import parse_set_args
 from core.errors import BalmError
 
@@ -221,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from balm_tune.experiment import CHECKPOINT, CONFIG, SUMMARY
 from core.atomic import write_atomic
-from core.cli import Parser
+from core.cli import Parser, exit_with
 from core.config import BalmConfig, parse_set_args, quickstart
 from core.errors import BalmError
 from core.paths import PathError, check_name
@@ -117,4 +117,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -367,16 +367,17 @@ def test_legends_list_only_what_is_drawn_and_the_winner_stands_out_of_muted_tria
 def test_forecast_panels_say_their_window_and_scores_in_legible_text_inside_the_picture(monkeypatch):
     rng = np.random.default_rng(0)
     methods = [WINNER, *BASELINES.values()]
+    scale = {"HUFL": 1.0, "OT": 1.0, "MW": 250_000.0}  # MW: tick labels seven characters wide
     windows = [
         WindowForecast(
             variable=variable,
             first_date=f"2018-02-{day:02d} 00:00:00",
-            history=rng.normal(size=96),
-            truth=rng.normal(size=24),
-            forecasts={m: rng.normal(size=24) for m in methods},
+            history=scale[variable] * rng.normal(size=96),
+            truth=scale[variable] * rng.normal(size=24),
+            forecasts={m: scale[variable] * rng.normal(size=24) for m in methods},
             mse={m: float(v) for m, v in zip(methods, [0.0111, 0.0418, 0.00867])},
         )
-        for variable in ("HUFL", "OT")
+        for variable in scale
         for day in (10, 20, 28)
     ]
     fig = _drawn(monkeypatch, figures.forecasts, windows, "caption")
@@ -388,3 +389,10 @@ def test_forecast_panels_say_their_window_and_scores_in_legible_text_inside_the_
         box = title.get_window_extent()
         assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1, f"{title.get_text()!r} runs off the picture"
     assert min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 10
+    # each panel with all its text (title, tick labels, axis labels) inside the picture, none on another
+    panels = [ax.get_tightbbox() for ax in fig.axes]
+    for i, box in enumerate(panels):
+        assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1, i
+        assert not any(box.overlaps(other) for other in panels[i + 1 :]), f"panel {i} overlaps another"
+    legend = fig.legends[0].get_window_extent()
+    assert not any(legend.overlaps(box) for box in panels)

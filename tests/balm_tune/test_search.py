@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -32,11 +33,11 @@ def search(tmp_path_factory):
     args = ["--space", str(write_tiny_space(folder)), "--storage", str(folder / "runs"), "--name", "e2e"]
     run = run_command(search_command(*args, "--final-seeds", "2"), timeout=420)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return folder / "runs" / "e2e", run.stdout
+    return folder / "runs" / "e2e", run.stdout, run.stderr
 
 
 def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(search):
-    experiment, out = search
+    experiment, out, _ = search
     rows = _rows(experiment)
     assert len(rows) == 6
     assert {
@@ -74,22 +75,25 @@ def test_search_exports_leaderboard_best_config_checkpoint_and_test_metrics(sear
 
 
 def test_the_console_is_one_table_a_line_per_trial_and_a_phase_line_before_each_long_step(search):
-    _, out = search
+    _, out, err = search
     lines = out.splitlines()
+    ray_log = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) \S+\.py:\d+ --", re.M)
+    assert not ray_log.search(out + err), err  # Ray's INFO lines and its token-authentication notice: --verbose
     assert len(lines) <= 70, out  # 6 trials, 2 final seeds (the default search of 16 trials: about 100)
     assert not any(box in out for box in "╭╰│") and "process_trial_result" not in out  # no Ray boxes, no idle warnings
     assert sum(line.startswith("[trial ") for line in lines) == 6  # one line per ended trial
     (header,) = [line for line in lines if line.split()[:5] == ["trial", "status", "epoch", "val", "mse"]]
     assert header.split()[5:] == ["best", "val", "contrastive_weight", "learning_rate", "prompt_len", "scale_factor"]
     assert any(" pruned by asha " in line for line in lines)  # the scheduler's word, not Tune's TERMINATED
-    for phase in ("loading the backbone", "scoring the repeat-last and linear baselines", "scoring the winner",
+    for phase in ("starting a local Ray on this machine", "loading the backbone",
+                  "scoring the repeat-last and linear baselines", "scoring the winner",
                   "retraining the winner on 2 further seeds", "writing the report"):  # fmt: skip
         assert any(line.startswith(phase) and line.endswith("...") for line in lines), phase
     assert lines[-1].startswith("retrain:       python -m balm_tune.train --config")
 
 
 def test_the_winner_is_tested_on_every_test_window_beside_baselines_scored_on_the_same_windows(search):
-    experiment, out = search
+    experiment, out, _ = search
     summary = json.loads((experiment / "summary.json").read_text())
     data = load_data(BalmConfig(data_path=str(ETTH1), seq_len=96, pred_len=24, percent=10))
     test_windows = len(data.test)  # 7 variables x 2,857 starts
@@ -120,7 +124,7 @@ def test_the_winner_is_tested_on_every_test_window_beside_baselines_scored_on_th
 
 
 def test_retraining_the_best_config_reproduces_the_winners_validation_mse(search, tmp_path):
-    experiment, _ = search
+    experiment, _, _ = search
     winner = json.loads((experiment / "summary.json").read_text())["winner"]
     assert (
         train_main(["--config", str(experiment / "config.yaml"), "--out", str(tmp_path), "--name", "re", "--quiet"])
@@ -134,7 +138,7 @@ def test_tensorboard_shows_every_trials_curves_and_hparams(search):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    experiment, _ = search
+    experiment, _, _ = search
     trial_dirs = [d for d in experiment.iterdir() if d.name.startswith("train_balm_")]
     assert len(trial_dirs) == 6
     for trial_dir in trial_dirs:
@@ -161,7 +165,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_resume_refuses_budget_or_space_changes_and_keeps_the_results(search, capsys, write_space):
-    experiment, _ = search
+    experiment, _, _ = search
     before = _files(experiment)
     resume = ["--storage", str(experiment.parent), "--name", experiment.name, "--resume"]
     for flags, change in [

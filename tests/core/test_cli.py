@@ -1,5 +1,8 @@
 """A bad flag or flag value is one `error:` line and exit 2 in every CLI; `--help` stays the full text."""
 
+import subprocess
+import sys
+
 import pytest
 
 from balm_tune import report, search, train
@@ -29,3 +32,25 @@ def test_help_is_still_the_full_usage(capsys):
     with pytest.raises(SystemExit) as exit_:
         search.main(["--help"])
     assert exit_.value.code == 0 and "--break-lock" in capsys.readouterr().out
+
+
+def test_a_command_exits_with_its_mains_code_and_everything_it_wrote(tmp_path):
+    """exit_with skips the collector at shutdown (gc.freeze); output and files left open still reach disk."""
+    script = f"""
+from core.cli import exit_with
+
+def main():
+    global log
+    log = open({str(tmp_path / "log.txt")!r}, "w")  # left open in a module global
+    log.write("kept")
+    cycle = {{"file": open({str(tmp_path / "data.bin")!r}, "wb")}}  # and in a cycle only the collector frees
+    cycle["self"] = cycle
+    cycle["file"].write(b"bytes")
+    print("done")
+    return 3
+
+exit_with(main)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout, run.stderr) == (3, "done\n", "")
+    assert (tmp_path / "log.txt").read_text() == "kept" and (tmp_path / "data.bin").read_bytes() == b"bytes"
