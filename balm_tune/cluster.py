@@ -104,14 +104,11 @@ def init_ray(address: str | None, storage: Location, verbose: bool = False) -> C
     if ray.is_initialized():  # the Ray this process has already started (a Python API user, tests)
         return Cluster(live_nodes(), [])
     check_address(address)
-    # Ray's INFO lines ("Started a local Ray instance", Tune's "Wrote the latest version of all result
-    # files ...") only with --verbose: the search prints its own line for each step
-    level = logging.INFO if verbose else logging.WARNING
     if not address or address == "local":
-        _start_local_ray(level, verbose)
+        _start_local_ray(verbose)
         return Cluster(live_nodes(), [])
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray >= 2.59 clusters use token authentication
-    ray.init(address=address, log_to_driver=False, logging_level=level)
+    ray.init(address=address, log_to_driver=False, logging_level=_ray_log_level(verbose))
     cluster = Cluster(live_nodes(), node_types())
     if storage.is_local:
         check_shared(storage, cluster)
@@ -153,7 +150,18 @@ TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"  # its w
 TOKEN_ENABLED = "Token authentication is enabled for this Ray cluster"  # (the "disabled" warning still shows)
 
 
-def _start_local_ray(logging_level: int, verbose: bool) -> None:
+def _ray_log_level(verbose: bool) -> int:
+    """Ray's INFO lines ("Started a local Ray instance", Tune's "Wrote the latest version of all result
+    files ...") only with --verbose: the search prints its own line for each step."""
+    return logging.INFO if verbose else logging.WARNING
+
+
+def _token_notice(record: logging.LogRecord) -> bool:
+    """Ray's default token authentication, on as it should be: nothing for the user to do."""
+    return not record.getMessage().startswith(TOKEN_ENABLED)
+
+
+def _start_local_ray(verbose: bool) -> None:
     """A private Ray on loopback only: node IP 127.0.0.1, so GCS, raylet and workers bind 127.0.0.1.
 
     `ray.init` maps a 127.0.0.1 node address to the machine's outward IP unless Ray believes the
@@ -166,10 +174,10 @@ def _start_local_ray(logging_level: int, verbose: bool) -> None:
     # trial workers at normal priority (Ray's default niceness 15 lets the driver and Ray's own
     # daemons take CPU from the trials on a small machine)
     os.environ.setdefault("RAY_worker_niceness", "0")
-    if not verbose:  # Ray's default token authentication, on as it should be: nothing for the user to do
-        logging.getLogger(TOKEN_LOGGER).addFilter(lambda r: not r.getMessage().startswith(TOKEN_ENABLED))
+    if not verbose:  # added once however many searches this process runs (addFilter keeps one of each)
+        logging.getLogger(TOKEN_LOGGER).addFilter(_token_notice)
     with loopback_node():
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging_level)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=_ray_log_level(verbose))
 
 
 def live_nodes() -> list[NodeShape]:
