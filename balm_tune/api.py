@@ -179,12 +179,14 @@ def _saved_space(experiment: Experiment, trust_experiment: bool) -> SearchSpace:
     """The space an experiment was started with; its pickles are checked now (and again before the restore).
     With remote storage, the Optuna study published with the last results comes down with it."""
     from balm_tune.integrity import verify
-    from balm_tune.tuner import restorable
+    from balm_tune.tuner import check_states, restorable
 
     if not experiment.location.child(SPACE).exists():
         raise SpaceError(f"--resume: no experiment at {experiment.uri} (missing {SPACE}); check --storage/--name")
-    if restorable(experiment.location) and not trust_experiment:
-        verify(experiment.location)
+    if restorable(experiment.location):
+        check_states(experiment.location)  # damaged, not foreign: said so before the signatures are checked
+        if not trust_experiment:
+            verify(experiment.location)
     if not experiment.journal.exists():
         experiment.fetch(JOURNAL)
     if experiment.journal.exists():

@@ -62,6 +62,7 @@ from balm_tune.study import existing_study, open_study
 RAY_TRIAL_ID = "ray_trial_id"
 WARM_START = "warm_start_from"
 LOST = "lost"  # asked just before the driver was killed, never recorded by Tune
+UNRECORDED = "unrecorded_trials"  # study attribute: Tune ids of trials it closed that Tune's state never saved
 STALLED = "stalled"  # study user attribute: why the searcher ended a search that could not go on
 
 
@@ -250,13 +251,15 @@ class StudySearch(Searcher):
 
     # --- helpers --------------------------------------------------------------------------------------
     def _asked(self) -> int:
-        """Trials this experiment has asked the study for, lost ones not counted. The study is the budget's
-        record: after a driver is killed while Ray uploads its state, the experiment state in the storage
-        can list more trials than Ray's saved trial counter, and Ray alone would then run extra trials."""
+        """Trials this experiment has asked the study for, those Tune's state lost (`forget_lost_trials`)
+        not counted. The study is the budget's record: after a driver is killed while Ray uploads its state,
+        the experiment state in the storage can list more trials than Ray's saved trial counter, and Ray
+        alone would then run extra trials."""
+        unrecorded = set(self.study.user_attrs.get(UNRECORDED, ()))
         return sum(
             1
             for t in self.study.get_trials(deepcopy=False)
-            if RAY_TRIAL_ID in t.user_attrs and not t.user_attrs.get(LOST)
+            if t.user_attrs.get(RAY_TRIAL_ID) not in unrecorded | {None} and not t.user_attrs.get(LOST)
         )
 
     def _trial(self, trial_id: str) -> optuna.Trial:
@@ -329,20 +332,28 @@ def stall_of(journal: Path, name: str) -> str | None:
 
 
 def forget_lost_trials(journal: Path, name: str, recorded: set[str]) -> int:
-    """Before a --resume: mark the study's RUNNING trials whose Tune id the experiment state does not
-    record (asked just before the driver was killed) FAIL and lost, so the resumed search neither
-    waits for them nor counts them against num_samples; returns how many."""
+    """Before a --resume: the study's trials whose Tune id the experiment state does not record no longer
+    count against num_samples, so the resumed search trains exactly the missing trials and never waits for
+    one Tune will not run. A RUNNING one (asked just before the driver was killed) is marked FAIL and lost;
+    a finished one (closed by the study while Tune's snapshots were behind it: a kill within Tune's snapshot
+    period, or state writes failing) keeps its record for the sampler and is listed in the study attribute
+    `unrecorded_trials` (Optuna allows no attribute on a finished trial). Returns how many."""
     study = existing_study(journal, name)
     if study is None:
         return 0
+    unrecorded = set(study.user_attrs.get(UNRECORDED, ()))
     lost = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.user_attrs.get(RAY_TRIAL_ID) not in recorded
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(RAY_TRIAL_ID) not in recorded | unrecorded | {None} and not t.user_attrs.get(LOST)
     ]
     for trial in lost:
-        optuna.Trial(study, storage_id(trial)).set_user_attr(LOST, True)
-        study.tell(trial.number, state=TrialState.FAIL)
+        if trial.state == TrialState.RUNNING:
+            optuna.Trial(study, storage_id(trial)).set_user_attr(LOST, True)
+            study.tell(trial.number, state=TrialState.FAIL)
+    closed = {t.user_attrs[RAY_TRIAL_ID] for t in lost if t.state.is_finished()}
+    if closed:
+        study.set_user_attr(UNRECORDED, sorted(unrecorded | closed))
     return len(lost)
 
 

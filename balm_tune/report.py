@@ -35,7 +35,7 @@ from balm_tune.experiment import (
     Summary,
 )
 from core.cli import Parser, exit_with
-from core.errors import BalmError
+from core.errors import BalmError, shown
 
 if TYPE_CHECKING:
     from balm_tune.figures import TrialCurve
@@ -193,9 +193,34 @@ def _read_inputs(experiment: Experiment) -> tuple[list[dict], Summary]:
         summary = experiment.read_summary()
     except ExperimentError as err:
         raise ReportError(str(err)) from None
-    with open(experiment.leaderboard, newline="") as handle:
-        board = [row for row in csv.DictReader(handle) if row.get("kind", "trial") == "trial"]  # earlier: baselines too
-    return board, summary
+    return _read_board(experiment.leaderboard), summary
+
+
+BOARD_COLUMNS = ("trial_id", "status", "best_val_mse")  # what the page reads of every trial row
+
+
+def _read_board(path: Path) -> list[dict]:
+    """leaderboard.csv's trial rows (earlier searches wrote baseline rows there too), or one ReportError
+    naming the file and what is wrong with it (a damaged file fails here, before any picture is drawn)."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            missing = [c for c in BOARD_COLUMNS if c not in (reader.fieldnames or ())]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ReportError(f"{path}: not a leaderboard CSV ({err}); rebuild it with --resume") from None
+    if missing:
+        raise ReportError(f"{path}: no column {', '.join(missing)} (damaged?); rebuild it with --resume")
+    board = [(line, row) for line, row in enumerate(rows, 2) if row.get("kind", "trial") == "trial"]  # 1: header
+    for line, row in board:
+        try:
+            float(row["best_val_mse"] or "nan")  # empty: a trial that failed before its first epoch
+        except (TypeError, ValueError):
+            raise ReportError(
+                f"{path}: line {line}: best_val_mse {shown(row['best_val_mse'])} is not a number (damaged?); "
+                "rebuild it with --resume"
+            ) from None
+    return [row for _, row in board]
 
 
 STYLE = (

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from balm_tune.experiment import FINAL_SEEDS
+from balm_tune.experiment import FINAL_SEEDS, ExperimentError
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
@@ -122,6 +122,8 @@ def make_tuner(
     if resume and restorable(experiment):
         if not trust_experiment:
             verify(experiment)
+        if not verbose:  # tuner.pkl brings SearchTable back; Tune honours it only in its old output engine
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         forget_lost_trials(journal, experiment.name, recorded_trial_ids(experiment))
         return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -182,8 +184,24 @@ def restorable(experiment: Location) -> bool:
 
 def recorded_trial_ids(experiment: Location) -> set[str]:
     """The Tune trial ids in the experiment's newest saved state (its JSON, read without unpickling)."""
-    newest = max(_experiment_states(experiment.files(".")))
-    state = json.loads(experiment.child(newest).read_bytes())
+    return _trial_ids(experiment, max(_experiment_states(experiment.files("."))))
+
+
+def check_states(experiment: Location) -> None:
+    """ExperimentError naming the first of Tune's saved experiment states that it could not restore from
+    (truncated by a full disk or a copy, edited): said in one line before Ray starts, not in Tune's traceback."""
+    for name in sorted(_experiment_states(experiment.files("."))):
+        try:
+            _trial_ids(experiment, name)
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+            raise ExperimentError(
+                f"--resume: {experiment.child(name).uri} is not a Tune experiment state (damaged or truncated: "
+                "it must be JSON with a trial_data list); restore it from a copy, or start a new --name"
+            ) from None
+
+
+def _trial_ids(experiment: Location, name: str) -> set[str]:
+    state = json.loads(experiment.child(name).read_bytes())
     return {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
 
 

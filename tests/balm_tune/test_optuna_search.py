@@ -17,6 +17,7 @@ from balm_tune.experiment import JOURNAL
 from balm_tune.optuna_search import (
     LOST,
     RAY_TRIAL_ID,
+    UNRECORDED,
     WARM_START,
     StudySearch,
     StudyStopper,
@@ -234,6 +235,20 @@ def test_the_study_keeps_the_budget_and_trials_lost_at_a_kill_do_not_count(tmp_p
     again = _restored(first, tmp_path, num_samples=3)
     # whatever trial count Ray restores, the study allows one more trial: 3 in all
     assert isinstance(again.suggest("e"), dict) and again.suggest("f") == Searcher.FINISHED
+
+
+def test_a_trial_the_study_closed_but_tunes_saved_state_never_recorded_is_trained_again(tmp_path):
+    # Tune saves its state every few seconds (or not at all while the disk is full); the study is told at once
+    first = _searcher(tmp_path, num_samples=3)
+    assert all(isinstance(first.suggest(t), dict) for t in "abc")
+    first.on_trial_complete("a", result=_epoch(4, 0.5, 0.5))
+    first.on_trial_complete("c", result=_epoch(4, 0.4, 0.4))  # finished after Tune's newest saved state
+    assert forget_lost_trials(tmp_path / JOURNAL, "s", recorded={"a", "b"}) == 1
+    assert forget_lost_trials(tmp_path / JOURNAL, "s", recorded={"a", "b"}) == 0  # a second resume: once
+    again = _restored(first, tmp_path, num_samples=3)
+    assert again.study.trials[2].state == TrialState.COMPLETE  # the sampler still sees what c measured
+    assert again.study.user_attrs[UNRECORDED] == ["c"]
+    assert isinstance(again.suggest("d"), dict) and again.suggest("e") == Searcher.FINISHED  # c's place again
 
 
 def test_a_restored_searcher_takes_its_running_trials_from_the_study_not_from_its_snapshot(tmp_path):

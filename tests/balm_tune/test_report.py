@@ -1,6 +1,8 @@
 """The report every search ends with: real tiny search, real pictures read back, the rebuild CLI."""
 
+import csv
 import html
+import io
 import json
 import math
 import os
@@ -121,6 +123,43 @@ def test_a_rebuild_over_a_damaged_checkpoint_is_one_line_and_keeps_the_earlier_r
     assert f"error: checkpoint {copy / 'checkpoint.pt'}: cannot be read" in run.stderr
     after = {p.name: p.read_bytes() for p in (copy / "report").iterdir()}
     assert after == before and not list(copy.glob(".report*"))  # nor the half-built one left behind
+
+
+def _with_value(text: bytes, column: str, value: str) -> bytes:
+    """A CSV's text with `column` of its first row set to `value`."""
+    rows = list(csv.DictReader(io.StringIO(text.decode())))
+    rows[0][column] = value
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda text: b"\xff\xfe\x00garbage", "not a leaderboard CSV"),
+        (lambda text: text[:7], "no column"),  # cut inside its header
+        (lambda text: _with_value(text, "best_val_mse", "oops"), "line 2: best_val_mse 'oops' is not a number"),
+    ],
+    ids=["binary", "cut-header", "value"],
+)
+def test_a_damaged_leaderboard_is_named_in_one_line_and_the_earlier_report_is_kept(
+    search, tmp_path, capsys, damage, message
+):
+    from balm_tune.report import main as report_main
+
+    copy = tmp_path / search.experiment.name
+    shutil.copytree(search.experiment, copy)
+    before = {p.name: p.read_bytes() for p in (copy / "report").iterdir()}
+    (copy / "leaderboard.csv").write_bytes(damage((copy / "leaderboard.csv").read_bytes()))
+    with pytest.raises(ReportError, match=f"leaderboard.csv: {message}"):
+        write_report(copy)
+    assert report_main([str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {copy / 'leaderboard.csv'}: ") and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in (copy / "report").iterdir()} == before
 
 
 def test_the_cli_builds_the_report_of_an_experiment_in_s3_and_uploads_it_beside(search, s3_endpoint, tmp_path):

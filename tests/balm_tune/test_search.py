@@ -179,6 +179,23 @@ def test_resume_refuses_budget_or_space_changes_and_keeps_the_results(search, ca
     assert _files(experiment) == before
 
 
+@pytest.mark.parametrize(
+    "damage", [b"", b'{"trial_data": [["{', b'{"runner_data": {}}'], ids=["empty", "truncated", "no-trial-list"]
+)
+def test_a_damaged_tune_state_is_named_in_one_line_before_anything_starts(search, tmp_path, capsys, damage):
+    import shutil
+
+    experiment = Path(shutil.copytree(search[0], tmp_path / "runs" / "e2e"))
+    state = sorted(experiment.glob("experiment_state-*.json"))[-1]  # the one Tune would restore from
+    state.write_bytes(damage)
+    before = _files(experiment)
+    assert search_main(["--storage", str(experiment.parent), "--name", "e2e", "--resume"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and f"--resume: {state} is not a Tune experiment state" in err, err
+    assert "Ray" not in out and "loading the backbone" not in out  # refused before anything started
+    assert _files(experiment) == before
+
+
 def test_a_truncated_winner_checkpoint_is_not_exported_and_earlier_results_are_kept(search, tmp_path):
     import shutil
 
@@ -270,6 +287,9 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
 
     resumed = run_command(search_command("--storage", str(storage), "--name", "killed", "--resume"), timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # a resumed search prints what a new one does: the search's table (restored from tuner.pkl), no Ray boxes
+    assert re.search(r"^\d\d:\d\d:\d\d 8 trials: ", resumed.stdout, re.M), resumed.stdout[-3000:]
+    assert "╭" not in resumed.stdout + resumed.stderr and "Trial status" not in resumed.stdout
     rows = _rows(experiment)
     assert len(rows) == 8 and all(r["status"] != "failed" for r in rows)
     for name, count in before.items():
@@ -306,14 +326,17 @@ def test_a_resume_whose_tune_state_is_a_step_ahead_of_its_trials_trains_exactly_
     from balm_tune.storage import open_location
 
     path = write_tiny_space(
-        tmp_path, base={"max_train_batches": 12}, budget={"num_samples": 4, "max_epochs": 2},
+        tmp_path, base={"max_train_batches": 24}, budget={"num_samples": 4, "max_epochs": 2},
         resources={"cpus_per_trial": 2},  # one trial at a time on this 2-CPU Ray
     )  # fmt: skip
     storage, experiment = tmp_path / "runs", tmp_path / "runs" / "ahead"
     args = ("--space", str(path), "--storage", str(storage), "--name", "ahead")
+    # Tune's state saved every second (the search's 5 s would let a fast machine end all 4 trials unseen)
+    snapshots = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen(
-        search_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+        search_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=snapshots,
+    )  # fmt: skip
     try:
         wait_for(lambda: "TERMINATED" in _snapshot(experiment).values(), 300, "Tune to save a finished trial")
     finally:
