@@ -23,6 +23,8 @@ import platform
 import statistics
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,13 @@ from balm_tune.experiment import JOURNAL, SPACE, TRIAL_FILES, Experiment, Summar
 from balm_tune.optuna_search import close_study, finished_trials, stall_of
 from balm_tune.outcome import DIVERGED_FACTOR, Outcome
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space
-from balm_tune.storage import Location
+from balm_tune.storage import FaultWatch, Location, StorageFull
 from balm_tune.study import check_journal
 from balm_tune.trackers import Trackers
 from balm_tune.tuner import WarmStart
 from core.config import BalmConfig
 from core.data import ForecastData
+from core.errors import storage_fault
 from core.paths import check_name
 from core.train import preflight
 
@@ -227,15 +230,16 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
     check_final_seeds(final_seeds)
     import ray
 
-    from balm_tune.integrity import seal
-
     started, own_ray, tuned = time.perf_counter(), not ray.is_initialized(), False
-    with plan.experiment.locked(plan.break_lock):  # one driver per experiment, from before its first file
+    with _faults_said(plan), plan.experiment.locked(plan.break_lock):  # one driver from before its first file
         try:
             ready = start(plan, address, verbose)
             tuner = tuner_for(plan, ready, verbose)  # with --resume: only after the pickles are verified
             tuned = True  # from here on, the experiment's pickles are this run's (or trusted) ones
-            results = tuner.fit()
+            with FaultWatch() as watch:  # a full disk stops Tune as Ctrl-C would
+                results = tuner.fit()
+            if watch.fault is not None:
+                raise watch.fault
             collected = collect(plan, ready, results)
             if collected.summary is None:  # interrupted: the study's trials stay open for --resume
                 return _closed(collected.result(plan))
@@ -245,9 +249,34 @@ def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, 
             return _closed(report(plan, collected))
         finally:
             if tuned:
-                seal(plan.experiment.location)  # the final state (final_seeds/ included), signed for --resume
+                _seal(plan)  # the final state (final_seeds/ included), signed for --resume
             if own_ray:  # a Ray the caller started stays up
                 ray.shutdown()
+
+
+@contextmanager
+def _faults_said(plan: SearchPlan) -> Iterator[None]:
+    """A full disk, an exceeded quota or read-only storage met anywhere in the search (Tune, the export,
+    the report) becomes one StorageFull line; nothing written before it is removed."""
+    try:
+        yield
+    except Exception as err:
+        fault = storage_fault(err)
+        if fault is None:
+            raise
+        raise StorageFull.of(fault, plan.experiment.uri) from None
+
+
+def _seal(plan: SearchPlan) -> None:
+    """Sign the experiment's pickles for --resume; on a full disk the signatures of the last step Tune
+    saved stay (what Tune could not write was not written either)."""
+    from balm_tune.integrity import seal
+
+    try:
+        seal(plan.experiment.location)
+    except OSError as err:
+        if storage_fault(err) is None:
+            raise
 
 
 @dataclass

@@ -9,18 +9,69 @@ reads and writes the few files the search needs around it and copies them to and
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from core.atomic import write_atomic
-from core.errors import BalmError
+from core.errors import BalmError, fault_line, storage_fault, text_fault
 from core.paths import writable_folder
 
 
 class StorageError(BalmError, ValueError):
     """A storage location that cannot be opened or read; the message names the URI."""
+
+
+class StorageFull(StorageError):
+    """The storage (or the local folder the search exports to) filled up, went over its quota or turned
+    read-only while the search wrote to it. What was written before stays as it was: --resume continues."""
+
+    @classmethod
+    def of(cls, fault: OSError, where: str) -> StorageFull:
+        return cls(
+            f"{fault_line(fault, where)}: the search stopped as on Ctrl-C; the trials, checkpoints and study written "
+            "before are intact: free space there, then continue with --resume"
+        )
+
+
+class FaultWatch(logging.Filter):
+    """While Tune runs, on the handlers of Ray's logger: the first storage fault Ray logs (a trial that
+    could not write its checkpoint, an experiment state that could not be saved) stops the search as
+    Ctrl-C does, by a SIGINT to this process (Tune stops its trials and keeps their state for --resume),
+    and Ray's tracebacks of it, and its records after it, are not printed: the search says it in one line
+    (StorageFull) once Tune has stopped. Use it as a context manager around `Tuner.fit`."""
+
+    def __init__(self):
+        super().__init__()
+        self.fault: OSError | None = None
+        self._handlers: list[logging.Handler] = []
+        self._signal = False  # Tune handles SIGINT only when it runs in the main thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = (storage_fault(record.exc_info[1]) if record.exc_info else None) or text_fault(record.getMessage())
+        if fault is None:
+            return self.fault is None or not record.name.startswith("ray.tune")  # after it: consequences
+        first = self.fault is None
+        if first or (fault.filename and not self.fault.filename):  # the first, or one that names the file
+            self.fault = fault
+        if first and self._signal:  # its handler logs at once, through this filter: the fault is set before
+            signal.raise_signal(signal.SIGINT)  # Tune's own handler: stop the trials, keep what was saved
+        return False
+
+    def __enter__(self) -> FaultWatch:
+        self._signal = threading.current_thread() is threading.main_thread()
+        self._handlers = list(logging.getLogger("ray").handlers)
+        for handler in self._handlers:
+            handler.addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from balm_tune.experiment import CHECKPOINT, CONFIG, SUMMARY
 from core.atomic import write_atomic
 from core.cli import Parser, exit_with
 from core.config import BalmConfig, parse_set_args, quickstart
-from core.errors import BalmError
+from core.errors import BalmError, fault_line, storage_fault
 from core.paths import PathError, check_name
 
 if TYPE_CHECKING:
@@ -57,8 +57,7 @@ def load_config(path: str | None, overrides: list[str]) -> BalmConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # before torch and transformers are imported: --help answers at once
-    from core.baselines import BASELINES, comparison, run_baselines
-    from core.train import Trainer, preflight, provenance
+    from core.train import preflight
 
     try:
         out = Path(args.out) / check_name(args.name or time.strftime("train-%Y%m%d-%H%M%S"))
@@ -69,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     except BalmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        return train(config, out, args.quiet)
+    except Exception as err:  # a full disk, a quota, a read-only --out: one line, not a traceback
+        fault = storage_fault(err)
+        if fault is None:
+            raise
+        print(f"error: {fault_line(fault, str(out))}: training stopped; what it wrote is intact", file=sys.stderr)
+        return 2
+
+
+def train(config: BalmConfig, out: Path, quiet: bool) -> int:
+    """Train `config`, score it and the baselines, and write the run's files to `out`."""
+    from core.baselines import BASELINES, comparison, run_baselines
+    from core.train import Trainer, provenance
+
     for old in OUTPUTS:  # --overwrite: no file of the earlier run is left beside the new ones
         (out / old).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         f"training {config.backbone} ({config.llm_layers} layers) on {config.data_path}, "
         f"T={config.seq_len} H={config.pred_len}; outputs in {out}"
     )
-    trainer = Trainer(config, show_progress=not args.quiet)
+    trainer = Trainer(config, show_progress=not quiet)
 
     def on_epoch(r: EpochReport) -> None:
         print(

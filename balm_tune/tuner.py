@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,17 @@ TUNE_SETTINGS = {  # Ray Tune's environment settings for every Tuner built here 
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # snapshots that often are on purpose
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # balm_tune.callbacks.loggers() passes them
 }
+
+
+TUNE_CONTROLLER = "ray.tune.execution.tune_controller"  # the logger of Tune's trial loop
+
+
+def _deleted_checkpoint(record: logging.LogRecord) -> bool:
+    """False for Tune's record (and traceback) of an old checkpoint it could not delete because it is
+    already gone: a --resume from a state saved before the trial's newer checkpoints replaced it (a kill,
+    or a disk that filled up, within Tune's snapshot period). Tune goes on; nothing is lost."""
+    err = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(err, FileNotFoundError) and "Error handling checkpoint" in record.getMessage())
 
 
 @dataclasses.dataclass
@@ -124,6 +136,7 @@ def make_tuner(
             verify(experiment)
         if not verbose:  # tuner.pkl brings SearchTable back; Tune honours it only in its old output engine
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            logging.getLogger(TUNE_CONTROLLER).addFilter(_deleted_checkpoint)  # once (addFilter keeps one)
         forget_lost_trials(journal, experiment.name, recorded_trial_ids(experiment))
         return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

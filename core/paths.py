@@ -34,6 +34,8 @@ def writable_folder(folder: str | Path, flag: str) -> Path:
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise PathError(f"{flag} {path}: {existing} is not a folder")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise PathError(f"{flag} {path}: {existing} is on a read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PathError(f"{flag} {path}: {existing} is not writable by this user")
     return path

@@ -144,8 +144,8 @@ def cached_prompt_tokens(
         if cached is not None:
             return cached
     tokens = build_prompt_tokens(windows, tokenizer, decimals, style)
-    with atomic_path(path) as tmp:  # concurrent Ray workers never read a half-written file
-        torch.save({"ids": tokens.ids, "lengths": tokens.lengths}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # Ray workers never read half a file
+        torch.save({"ids": tokens.ids, "lengths": tokens.lengths}, handle)  # a full disk: OSError
     return tokens
 
 

@@ -397,8 +397,8 @@ class Trainer:
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a full disk: OSError (torch's own: RuntimeError)
+            torch.save(state, handle)
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by `save` (weights_only: no code is unpickled)."""

@@ -137,6 +137,31 @@ def read_lines(process: subprocess.Popen) -> list[str]:
     return lines
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """`mount(size)`: a new folder on a tmpfs of that size (a disk that fills up), and `grow(folder)`: 64 MB
+    more of it (space freed). Needs root (mount); unmounted when the test ends."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (a disk that fills up)")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+        mounted.append(folder)
+        return folder
+
+    def grow(folder: Path) -> None:
+        subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+
+    yield mount, grow
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
 def free_port() -> int:
     import socket
 

@@ -312,6 +312,27 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path):
             assert len(trial.intermediate_values) == int(row["epochs_run"])
 
 
+def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_it_once_space_is_freed(small_disk, tmp_path):
+    mount, grow = small_disk
+    disk = mount("1500k")  # fills up a few trials in: their checkpoints and Tune's state files need more
+    path = write_tiny_space(tmp_path)
+    run = run_command(search_command("--space", str(path), "--storage", str(disk), "--name", "full"), timeout=300)
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith(f"error: {disk / 'full'}"), run.stderr[-3000:]
+    assert "No space left on device (errno 28)" in run.stderr and "then continue with --resume" in run.stderr
+    assert "Traceback" not in run.stdout and "[trial " in run.stdout  # the trials' lines, then the one error
+    experiment = disk / "full"
+    assert not list(experiment.rglob(".*.tmp")) and not (experiment / "driver.lock").exists()  # nothing stray
+    assert not (experiment / "leaderboard.csv").exists()
+
+    grow(experiment.parent)  # space freed: the same search goes on from what it had written
+    resumed = run_command(search_command("--storage", str(disk), "--name", "full", "--resume"), timeout=420)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]
+    rows = _rows(experiment)
+    assert len(rows) == 6 and all(r["status"] != "failed" for r in rows), rows  # the budget, all trained
+
+
 @pytest.mark.parametrize("counted", [0, 1], ids=["counter-as-saved", "counter-one-ahead"])
 def test_a_resume_whose_tune_state_is_a_step_ahead_of_its_trials_trains_exactly_the_missing_trials(tmp_path, counted):
     """Issue 18: Ray uploads its state files one at a time, so a driver killed during an upload can leave

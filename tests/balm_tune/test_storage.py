@@ -1,11 +1,13 @@
 """Experiment storage at a URI, against a real S3 protocol endpoint (moto in server mode on 127.0.0.1)."""
 
+import subprocess
+
 import pytest
 
 from balm_tune.api import prepare_search
 from balm_tune.experiment import SPACE as SPACE_COPY
 from balm_tune.space import SpaceError, load_space
-from balm_tune.storage import StorageError, open_location
+from balm_tune.storage import FaultWatch, StorageError, open_location
 from core.paths import PathError
 from tests.conftest import write_tiny_space
 
@@ -52,3 +54,44 @@ def test_a_storage_or_out_path_that_cannot_be_a_writable_folder_is_refused_up_fr
     space = write_tiny_space(tmp_path)
     with pytest.raises(PathError, match=f"--{flag} {tmp_path / 'file' / 'runs'}: {tmp_path / 'file'} is not a folder"):
         prepare_search(space, name="x", **{flag: tmp_path / "file" / "runs"})
+
+
+def test_storage_on_a_read_only_file_system_is_refused_up_front(small_disk, tmp_path):
+    mount, _ = small_disk
+    disk = mount("1m")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    with pytest.raises(PathError, match=f"--storage {disk / 'runs'}: {disk} is on a read-only file system"):
+        prepare_search(write_tiny_space(tmp_path), name="x", storage=disk / "runs")
+
+
+def test_the_first_fault_ray_logs_stops_tune_as_ctrl_c_and_its_records_are_not_printed():
+    import errno
+    import logging
+    import signal
+
+    class Printed(logging.Handler):  # beside Ray's own handler: what reaches the console
+        def __init__(self):
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    printed, ray_log = Printed(), logging.getLogger("ray")
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    signals = []
+    handler = signal.signal(signal.SIGINT, lambda *_: signals.append("SIGINT"))  # as Tune's own handler would
+    ray_log.addHandler(printed)
+    try:
+        with FaultWatch() as watch:
+            tune_log.warning("a warning before any fault")
+            full = OSError(errno.ENOSPC, "No space left on device")
+            tune_log.error("Trial task failed for trial t1", exc_info=full)
+            tune_log.warning("Trial controller checkpointing failed: [Errno 28] No space left on device")
+            tune_log.warning("Trials did not complete: [t1]")  # a consequence, after the fault
+        tune_log.warning("after the watch")
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        ray_log.removeHandler(printed)
+    assert watch.fault is full and signals == ["SIGINT"]  # one stop, for the first fault
+    assert printed.lines == ["a warning before any fault", "after the watch"]

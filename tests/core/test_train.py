@@ -211,3 +211,14 @@ def test_train_cli_trains_and_writes_results(tiny_config, tmp_path, capsys):
     )
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"config.yaml", "checkpoint.pt", "summary.json"}
     assert BalmConfig.load(tmp_path / "r" / "config.yaml").epochs == 1
+
+
+def test_training_onto_a_full_disk_is_one_line_and_leaves_no_partial_file(tiny_config, small_disk, tmp_path, capsys):
+    mount, _ = small_disk
+    disk = mount("64k")  # the config fits; the first checkpoint does not
+    path = tmp_path / "c.yaml"
+    tiny_config.save(path)
+    assert train_main(["--config", str(path), "--out", str(disk), "--name", "r", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {disk / 'r'}: No space left on device (errno 28)"), err
+    assert {p.name for p in (disk / "r").iterdir()} == {"config.yaml"}  # no half-written checkpoint beside it
