@@ -61,6 +61,13 @@ def autoscaler_cluster_config() -> Any:
     return None
 
 
+def staging_folder(trial: Any) -> tuple[str, Any, str]:
+    """(experiment path, its pyarrow filesystem, the driver's local staging folder) of a Tune trial's
+    storage context: where Ray writes its state before it uploads it (balm_tune.integrity.Sealer)."""
+    storage = trial.storage
+    return storage.experiment_fs_path, storage.storage_filesystem, str(storage.experiment_driver_staging_path)
+
+
 def storage_id(trial: Any) -> int:
     """The storage id of an Optuna trial (`optuna.Trial(study, id)` takes it; a trial's public `number`
     does not map to it without the storage's private lookup either)."""

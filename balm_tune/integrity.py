@@ -5,11 +5,8 @@ state (`experiment_state-*.json` holds cloudpickled trials), the searcher and ca
 (`searcher-state-*.pkl`, `callback-states-*.pkl`, `search_gen_state-*.json`) and, for failed trials,
 `error.pkl`. Unpickling runs code, and experiment folders are shared and synced from clusters. So
 the search signs every such file with HMAC-SHA256 under a secret key kept in the user's cache folder
-(`$BALM_TUNE_CACHE/experiment.key`, created 0600), in `<experiment>/integrity.json`, as Ray writes it:
-Tune writes to the experiment through `signing_filesystem` (Ray's public `RunConfig(storage_filesystem=)`),
-which adds a file's digest to integrity.json before the file lands, so a driver killed at any moment
-leaves a folder that verifies. `verify` checks them before the restore and refuses a folder with an
-unsigned or changed file.
+(`$BALM_TUNE_CACHE/experiment.key`, created 0600), in `<experiment>/integrity.json`, while it runs;
+`verify` checks them before the restore and refuses a folder with an unsigned or changed file.
 `--trust-experiment` accepts a folder written elsewhere (another user or machine) on purpose.
 The experiment is a balm_tune.storage.Location: a local folder or a URI (`s3://...`) alike.
 """
@@ -18,16 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import os
 import re
 import secrets
-import threading
 
-import pyarrow as pa
 import pyarrow.fs as pafs
+from ray import tune
 
+from balm_tune.compat import staging_folder
 from balm_tune.experiment import INTEGRITY
 from balm_tune.storage import Location
 from core.errors import BalmError
@@ -38,7 +34,6 @@ KEY_FILE = "experiment.key"
 # what Ray unpickles on restore: any *.pkl, and its *state*.json files (cloudpickle inside)
 PICKLED = re.compile(r"(^|/)[^/]+\.pkl$|^[^/]*state[^/]*\.json$")
 KEEP = 4  # digests kept per file: its versions of the last few checkpoints
-_SIGNING = threading.Lock()  # one driver's uploads run in threads: integrity.json is rewritten by one at a time
 HINT = "resume only folders your own searches wrote, or pass --trust-experiment if you trust its origin"
 
 
@@ -123,115 +118,58 @@ def verify(experiment: Location) -> None:
             )
 
 
-def signing_filesystem(experiment: Location) -> pafs.FileSystem:
-    """`experiment`'s filesystem for Ray Tune (`RunConfig(storage_filesystem=...)`, `Tuner.restore`): every
-    pickled file this driver writes through it is signed in integrity.json before it lands (the earlier
-    version's digest is kept: KEEP per file), so a driver killed at any moment, even during an upload,
-    leaves a folder that verifies. Other files, and every file a Ray worker writes (it holds no key), pass
-    straight through."""
-    return pafs.PyFileSystem(SigningHandler(experiment, os.getpid()))
+class Sealer(tune.Callback):
+    """Signs the experiment's pickles each time Ray saves them, before Ray uploads them, so that a
+    search killed at any moment leaves only signed files behind and can still be resumed.
+
+    Ray's experiment checkpoint writes the trials' state and the searcher's into the driver's staging
+    folder, then asks the callbacks for their state (`get_state`, the hook used here), then launches
+    the upload of the staging folder to the experiment. Every upload follows such a save. (An upload
+    still running at the next save, i.e. one slower than Ray's checkpoint period of 10 s or more, can
+    read a file in the milliseconds between Ray rewriting it and this signing it: a driver killed in
+    that instant leaves a file that --resume refuses unless --trust-experiment is given.)"""
+
+    def __init__(self):
+        self.trials, self.stamps, self.uploaded, self.signed = [], None, {}, {}
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        self.trials = trials  # the controller's own list: trials it adds later in this step are in it
+
+    def get_state(self) -> None:
+        self.refresh()
+        return None  # no state of its own: Ray writes no callback-state file for it
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.trials = trials
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Sign the staging folder's files (local: read every time) and the experiment's (read again
+        only when its listing changed), and rewrite integrity.json if a digest is new."""
+        if not self.trials:
+            return  # nothing to restore yet
+        path, fs, staging_path = staging_folder(self.trials[0])  # the trials' ray.train storage context
+        path, staging_path = path.rstrip("/"), staging_path.rstrip("/")
+        folder = Location(path, fs, path)
+        staged = digests(Location(staging_path, pafs.LocalFileSystem(), staging_path))
+        stamps = _stamp(folder)
+        if stamps != self.stamps:
+            self.uploaded, self.stamps = digests(folder), stamps
+        files = signed_with(self.signed, self.uploaded, staged)
+        if files != self.signed:
+            write_digests(folder, files)
+            self.signed = files
+
+    def __getstate__(self) -> dict:  # pickled into tuner.pkl: nothing of this run travels
+        return {"trials": [], "stamps": None, "uploaded": {}, "signed": {}}
 
 
-class SigningHandler(pafs.FileSystemHandler):
-    """A pyarrow filesystem handler over the experiment's own filesystem that signs what lands (see
-    `signing_filesystem`); everything else is the inner filesystem's."""
-
-    def __init__(self, experiment: Location, driver_pid: int):
-        self.experiment, self.driver_pid = experiment, driver_pid
-        self.inner, self.root = experiment.fs, experiment.path.rstrip("/")
-
-    def signed_name(self, path: str) -> str | None:
-        """The name inside the experiment of a pickled file that this (the driver's) process must sign."""
-        if os.getpid() != self.driver_pid or not path.startswith(self.root + "/"):
-            return None
-        relative = path[len(self.root) + 1 :]
-        return relative if PICKLED.search(relative) else None
-
-    def sign(self, relative: str, data: bytes) -> None:
-        """Add `data`'s digest for `relative` to integrity.json (read, extended, rewritten atomically)."""
-        with _SIGNING:
-            try:
-                signed = json.loads(self.experiment.child(DIGESTS).read_bytes())["files"]
-            except FileNotFoundError:
-                signed = {}
-            write_digests(self.experiment, signed_with(signed, {relative: _digest(secret_key(), relative, data)}))
-
-    # --- written: signed first -------------------------------------------------------------------------
-    def open_output_stream(self, path: str, metadata: dict | None) -> pa.NativeFile:
-        relative = self.signed_name(path)
-        if relative is None:
-            return self.inner.open_output_stream(path, metadata=metadata)
-        return pa.PythonFile(_SignedFile(self, path, relative), mode="w")
-
-    def move(self, src: str, dest: str) -> None:
-        if (relative := self.signed_name(dest)) is not None:
-            self.sign(relative, self._read(src))
-        self.inner.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        if (relative := self.signed_name(dest)) is not None:
-            self.sign(relative, self._read(src))
-        self.inner.copy_file(src, dest)
-
-    def open_append_stream(self, path: str, metadata: dict | None) -> pa.NativeFile:
-        return self.inner.open_append_stream(path, metadata=metadata)  # Ray appends only to result logs
-
-    def _read(self, path: str) -> bytes:
-        with self.inner.open_input_stream(path) as stream:
-            return stream.read()
-
-    # --- the inner filesystem's own ----------------------------------------------------------------------
-    def get_type_name(self) -> str:
-        return f"balm-signed+{self.inner.type_name}"
-
-    def normalize_path(self, path: str) -> str:
-        return self.inner.normalize_path(path)
-
-    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return self.inner.get_file_info(paths)
-
-    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
-        return self.inner.get_file_info(selector)
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        self.inner.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path: str) -> None:
-        self.inner.delete_dir(path)
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.inner.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self) -> None:
-        self.inner.delete_dir_contents("/", accept_root_dir=True)
-
-    def delete_file(self, path: str) -> None:
-        self.inner.delete_file(path)
-
-    def open_input_stream(self, path: str) -> pa.NativeFile:
-        return self.inner.open_input_stream(path)
-
-    def open_input_file(self, path: str) -> pa.NativeFile:
-        return self.inner.open_input_file(path)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SigningHandler) and (self.experiment.uri, self.driver_pid) == (
-            other.experiment.uri,
-            other.driver_pid,
-        )
-
-
-class _SignedFile(io.BytesIO):
-    """A pickled file on its way to the experiment: kept in memory, signed at close, then written whole
-    (atomically on a local disk; an object store's PUT is atomic)."""
-
-    def __init__(self, handler: SigningHandler, path: str, relative: str):
-        super().__init__()
-        self.handler, self.path, self.relative = handler, path, relative
-
-    def close(self) -> None:
-        if not self.closed:
-            data = self.getvalue()
-            self.handler.sign(self.relative, data)  # before it lands: a kill in between leaves the old version
-            Location(self.path, self.handler.inner, self.path).write_bytes(data)
-        super().close()
+def _stamp(folder: Location) -> list[tuple]:
+    """(path, mtime, size) of the pickled files below `folder`: what changes when Ray rewrites one."""
+    root = folder.path.rstrip("/")
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    return sorted(
+        (info.path, info.mtime_ns, info.size)
+        for info in folder.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and PICKLED.search(info.path[len(root) + 1 :])
+    )

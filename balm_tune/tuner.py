@@ -62,29 +62,22 @@ def build_tuner(
     verbose: int | None = None,
     progress_reporter=None,
     resume: bool = False,
-    signed: bool = False,
 ):
     """A `tune.Tuner` over the BALM trainable writing to `folder`, a path or URI (or the interrupted one
     restored from it):
     the trials' resources, checkpoints, failure policy, actor reuse and loggers (result.json, progress.csv,
-    TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them.
-    `signed`: Tune writes through balm_tune.integrity's signing filesystem (a search --resume restores)."""
+    TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them."""
     from ray import tune
 
     from balm_tune.callbacks import loggers
-    from balm_tune.integrity import signing_filesystem
 
     for key, value in TUNE_SETTINGS.items():  # read by Tune when it starts (fit), not at import
         os.environ.setdefault(key, value)
     if progress_reporter is not None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune honours a custom reporter only in this engine
     trainable = trial_trainable(shared)
-    # with its own filesystem, Tune takes paths on it (bucket/prefix for S3), not URIs
-    fs, where = (signing_filesystem(folder), folder.parent.path) if signed else (None, folder.parent.uri)
     if resume:
-        return tune.Tuner.restore(
-            folder.path if signed else folder.uri, trainable=trainable, resume_errored=True, storage_filesystem=fs
-        )
+        return tune.Tuner.restore(folder.uri, trainable=trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -99,8 +92,7 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=folder.name,
-            storage_path=where,
-            storage_filesystem=fs,
+            storage_path=folder.parent.uri,
             sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
             stop=stop,
             verbose=verbose,
@@ -135,7 +127,7 @@ def make_tuner(
 
     from balm_tune.callbacks import TrialLines
     from balm_tune.console import SearchTable
-    from balm_tune.integrity import verify
+    from balm_tune.integrity import Sealer, verify
     from balm_tune.optuna_search import StudyRecorder, StudyStopper, TuneView, forget_lost_trials
     from balm_tune.strategies import create_scheduler
 
@@ -146,7 +138,7 @@ def make_tuner(
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
             logging.getLogger(TUNE_CONTROLLER).addFilter(_deleted_checkpoint)  # once (addFilter keeps one)
         forget_lost_trials(journal, experiment.name, recorded_trial_ids(experiment))
-        return build_tuner(shared, experiment, param_space={}, resume=True, signed=True)
+        return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pbt = space.scheduler.type == "pbt"
     search_alg = _study_search(space, journal, experiment.name, warm_start)
@@ -166,8 +158,7 @@ def make_tuner(
         concurrent=min(concurrent, space.num_samples),
         search_alg=search_alg,
         scheduler=create_scheduler(space.scheduler, max_epochs=space.max_epochs, mutations=space.mutations()),
-        callbacks=callbacks,
-        signed=True,  # every state file Tune writes is signed before it lands (balm_tune.integrity)
+        callbacks=[*callbacks, Sealer()],
         # PBT has no max_t: without last_epoch it would still replace a trial's config after its last epoch;
         # it clones other trials' latest checkpoints, so it keeps more of them (Ray warns below 3)
         stop=StudyStopper(journal, experiment.name, last_epoch=space.max_epochs if pbt else None),
