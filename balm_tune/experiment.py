@@ -239,7 +239,15 @@ class Experiment:
         """summary.json as a Summary; ExperimentError when it is missing or from an earlier balm_tune."""
         if not self.summary_file.is_file():
             raise ExperimentError(f"{self.summary_file}: missing (the search has not finished)")
-        return Summary.from_dict(json.loads(self.summary_file.read_text()), self.summary_file)
+        try:
+            data = json.loads(self.summary_file.read_bytes())
+        except ValueError as err:  # not UTF-8, or not JSON: damaged (a truncated copy, a full disk)
+            raise ExperimentError(
+                f"{self.summary_file}: not JSON ({err}; damaged?); rebuild it with --resume"
+            ) from None
+        if not isinstance(data, dict):
+            raise ExperimentError(f"{self.summary_file}: not a summary (a JSON object was expected; damaged?)")
+        return Summary.from_dict(data, self.summary_file)
 
 
 def _holder() -> dict[str, Any]:

@@ -101,6 +101,19 @@ def test_a_summary_of_an_earlier_balm_tune_is_one_line(tmp_path):
         experiment.read_summary()
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(b'{"windows": {"val', "not JSON"), (b"\xff\xfe", "not JSON"), (b"[1, 2]", "not a summary")],
+    ids=["truncated", "binary", "a-list"],
+)
+def test_a_damaged_summary_is_one_line_naming_it(tmp_path, damage, message):
+    experiment = Experiment.local(tmp_path / "damaged")
+    experiment.summary_file.parent.mkdir(parents=True)
+    experiment.summary_file.write_bytes(damage)
+    with pytest.raises(ExperimentError, match=f"summary.json: {message}"):
+        experiment.read_summary()
+
+
 def _ended_process() -> tuple[int, float]:
     """The pid and start time of a process that has run and ended (a driver that died)."""
     import subprocess
