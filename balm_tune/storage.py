@@ -33,8 +33,8 @@ class StorageFull(StorageError):
     @classmethod
     def of(cls, fault: OSError, where: str) -> StorageFull:
         return cls(
-            f"{fault_line(fault, where)}: the search stopped as on Ctrl-C; the trials, checkpoints and study written "
-            "before are intact: free space there, then continue with --resume"
+            f"{fault_line(fault, where)}: the search stopped; the trials, checkpoints and study written before are "
+            "intact: free space there, then continue with --resume"
         )
 
 
