@@ -102,15 +102,10 @@ class Backbone:
         _cut(copy.deepcopy(config), llm_layers, self.name)  # raises if more than loaded
         if llm_layers == config.num_hidden_layers:
             return self
-        model = _shallow(self.model)
+        blocks = architecture(type(self.model).__name__, self.name).blocks
+        model = with_blocks(self.model, blocks, lambda body: body[:llm_layers])
         model.config = copy.deepcopy(config)
         model.config.num_hidden_layers = llm_layers
-        *parents, blocks = architecture(type(model).__name__, self.name).blocks.split(".")
-        parent = model
-        for name in parents:
-            setattr(parent, name, _shallow(getattr(parent, name)))
-            parent = getattr(parent, name)
-        setattr(parent, blocks, nn.ModuleList(list(getattr(parent, blocks))[:llm_layers]))
         return Backbone(self.name, model, self.tokenizer)
 
     def set_attention(self, implementation: str) -> None:
@@ -121,6 +116,18 @@ class Backbone:
             config = getattr(module, "config", None)
             if isinstance(config, PretrainedConfig):
                 config._attn_implementation = implementation
+
+
+def with_blocks(model: nn.Module, blocks: str, change: Callable[[list[nn.Module]], list[nn.Module]]) -> nn.Module:
+    """A shallow copy of `model` (the same weights) whose block list at attribute path `blocks` is
+    `change(blocks)`; the modules on the path are copied, so `model` itself is left as it was."""
+    *parents, name = blocks.split(".")
+    clone = parent = _shallow(model)
+    for attribute in parents:
+        setattr(parent, attribute, _shallow(getattr(parent, attribute)))
+        parent = getattr(parent, attribute)
+    setattr(parent, name, nn.ModuleList(change(list(getattr(parent, name)))))
+    return clone
 
 
 def _shallow(module: nn.Module) -> nn.Module:

@@ -60,6 +60,7 @@ class BalmConfig:
     llm_dropout: bool = False  # True: the frozen LLM keeps its dropout active (reference)
     attn_implementation: str = "sdpa"  # sdpa | eager (reference)
     share_prefix: bool = True  # causal LLMs: V's states once per batch, not per row (exact; speed only)
+    trim_last_block: bool = True  # the final LLM block computes only the P rows it outputs (exact; speed only)
 
     # --- training ---
     batch_size: int = 24

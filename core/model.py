@@ -23,6 +23,7 @@ from transformers import GPT2Model
 
 from core.backbones import ARCHITECTURES, Backbone
 from core.config import BalmConfig
+from core.last_block import keep_last_rows
 from core.prompts import normalise
 
 STD_EPS = 1e-8
@@ -48,11 +49,16 @@ def info_nce(
     return F.cross_entropy(logits, labels)
 
 
+def position_std(x: torch.Tensor) -> torch.Tensor:
+    """Population std over positions, [B, n, D] -> [B, 1, D], in two passes: the same value as
+    `x.std(dim=1, unbiased=False)`, whose CPU kernel is 15-30x slower on these shapes (docs/benchmarks.md)."""
+    centred = x - x.mean(dim=1, keepdim=True)
+    return centred.square().mean(dim=1, keepdim=True).sqrt()
+
+
 def balanced_scaling(text: torch.Tensor, ts: torch.Tensor, alpha: float) -> torch.Tensor:
     """E~ = alpha * E * std_ts / std_text; stds per row and feature over positions (population)."""
-    std_text = text.std(dim=1, unbiased=False, keepdim=True) + STD_EPS  # [B, 1, D]
-    std_ts = ts.std(dim=1, unbiased=False, keepdim=True) + STD_EPS  # [B, 1, D]
-    return alpha * text * std_ts / std_text
+    return alpha * text * (position_std(ts) + STD_EPS) / (position_std(text) + STD_EPS)
 
 
 @dataclass
@@ -66,6 +72,9 @@ class BalmModel(nn.Module):
         super().__init__()
         self.config = config
         self.llm = backbone.model  # frozen: requires_grad False on every weight
+        if config.trim_last_block and not config.llm_dropout:  # the same E, fewer rows (core/last_block.py)
+            blocks = ARCHITECTURES[type(self.llm).__name__].blocks
+            self.llm = keep_last_rows(self.llm, config.resolved_prompt_len, blocks)
         self.pad_id = backbone.tokenizer.pad_token_id
         d_llm, p, n, prompt_len = backbone.hidden_size, config.patch_len, config.n_patches, config.resolved_prompt_len
         if config.d_ff > d_llm:  # the fusion keeps the first d_ff of D features
