@@ -282,13 +282,14 @@ def _seal(plan: SearchPlan) -> None:
 @dataclass
 class Started:
     """What `start` readied for the trials: the space as sized on the cluster, the inputs every trial
-    shares, the baselines' scores (name -> split -> core.baselines.Metrics as a dict) and how many trials
-    run at once."""
+    shares, the baselines' scores (name -> split -> core.baselines.Metrics as a dict), each baseline's
+    test Metrics with its per-window errors (for the significance test) and how many trials run at once."""
 
     space: SearchSpace
     shared: Any  # balm_tune.trainable.SharedInputs
     baselines: dict[str, dict[str, dict]]
     concurrent: int
+    baseline_tests: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> core.baselines.Metrics
 
 
 def start(plan: SearchPlan, address: str | None, verbose: bool = False) -> Started:
@@ -318,10 +319,8 @@ def start(plan: SearchPlan, address: str | None, verbose: bool = False) -> Start
     if warning:
         print(f"warning: {warning}", flush=True)
     say("scoring the repeat-last and linear baselines on the trials' validation windows and every test window")
-    baselines = {
-        name: {split: m.to_dict() for split, m in by_split.items()}
-        for name, by_split in run_baselines(data, space.base).items()
-    }
+    scored = run_baselines(data, space.base)
+    baselines = {name: {split: m.to_dict() for split, m in by_split.items()} for name, by_split in scored.items()}
     shared = dataclasses.replace(shared, diverged_above=DIVERGED_FACTOR * baselines["repeat_last"]["val"]["mse"])
     if plan.auto_gpus:
         space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
@@ -337,7 +336,7 @@ def start(plan: SearchPlan, address: str | None, verbose: bool = False) -> Start
     if not plan.resume:
         space.save(experiment.space_file)
         experiment.publish(experiment.space_file)
-    return Started(space, shared, baselines, concurrent)
+    return Started(space, shared, baselines, concurrent, {name: by_split["test"] for name, by_split in scored.items()})
 
 
 def tuner_for(plan: SearchPlan, ready: Started, verbose: bool):
@@ -441,6 +440,7 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
     from balm_tune.export import export_winner
     from balm_tune.trainable import evaluate_checkpoint
     from balm_tune.tuner import run_final_seeds
+    from core.baselines import significance
 
     space, shared, data, experiment = ready.space, ready.shared, plan.data, plan.experiment
     best, summary = collected.winner, collected.summary
@@ -463,15 +463,18 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
     say(f"scoring the winner {best.trial_id} on all {len(data.test):,} test windows ({cpus:g} CPUs)")
     arguments = (shared, best.params, best.checkpoint, max(1, round(cpus)))
     if here:
-        summary.test = evaluate_checkpoint(*arguments)
+        test = evaluate_checkpoint(*arguments)
     else:
         evaluate = ray.remote(num_cpus=cpus, num_gpus=space.gpus_per_trial)(evaluate_checkpoint)
-        summary.test = ray.get(evaluate.remote(*arguments))
+        test = ray.get(evaluate.remote(*arguments))
+    summary.test = {"test_mse": test.mse, "test_mae": test.mae, "test_windows": test.windows}
     summary.winner = Winner(best.trial_id, best.best_val_mse, best.best_val_mae, best.epochs_run, summary.windows.val)
     summary.base, summary.params, summary.provenance = base_trial(collected.rows, space), best.params, provenance
-    for scores in summary.baselines.values():
+    for name, scores in summary.baselines.items():
         scores["beats_on_val"] = best.best_val_mse < scores["val"]["mse"]
-        scores["beats_on_test"] = summary.test["test_mse"] < scores["test"]["mse"]
+        scores["beats_on_test"] = test.mse < scores["test"]["mse"]
+        tested = significance(test, ready.baseline_tests[name], config.pred_len)
+        scores["significance_on_test"] = tested.to_dict() if tested else None
     if final_seeds:
         say(f"retraining the winner on {final_seeds} further seeds, each scored on every test window")
         runs = run_final_seeds(space, shared, experiment.location, best.params, final_seeds, ready.concurrent)

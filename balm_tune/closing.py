@@ -62,8 +62,9 @@ def _summary(result: SearchResult) -> list[str]:
             f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows.test:,} windows)"
         )
     lines.append(summary.importances.line())
+    tests = summary.significance()
     for name, baseline in summary.baseline_scores().items():
-        lines.append(comparison(name, scores, baseline, who="the winner"))
+        lines.append(comparison(name, scores, baseline, who="the winner", tests=tests.get(name)))
     lines += [
         f"leaderboard:   {paths['leaderboard']}  (baselines: {paths['baselines']})",
         f"best config:   {paths['config']}",

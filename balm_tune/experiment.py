@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # imported where used: the CLIs import this module before the
     from balm_tune.importance import Importances
     from balm_tune.storage import Location
     from core.baselines import Metrics
+    from core.significance import DieboldMariano
 
 SPACE = "search_space.yaml"
 JOURNAL = "optuna.journal"
@@ -320,7 +321,8 @@ class Summary:
     """summary.json. Every search has the fields up to `importances`; a search with a winner also has
     `winner` .. `wall_seconds` (`base`: the space's first enqueued config's trial, for "what the search
     gained"; `final_seeds`: with --final-seeds). `baselines`: name -> {"val": Metrics, "test": Metrics,
-    "beats_on_val", "beats_on_test"} as dicts (core.baselines), scored on the trials' windows."""
+    "beats_on_val", "beats_on_test", "significance_on_test"} as dicts (core.baselines; the last a
+    core.significance.DieboldMariano of the winner against it), scored on the trials' windows."""
 
     experiment: str  # the storage URI
     results: str  # the local folder
@@ -382,6 +384,17 @@ class Summary:
         return {
             "val": Metrics(w.best_val_mse, w.best_val_mae, w.val_windows),
             "test": Metrics(test["test_mse"], test["test_mae"], test["test_windows"]),
+        }
+
+    def significance(self) -> dict[str, dict[str, DieboldMariano]]:
+        """Each baseline's Diebold-Mariano test against the winner, by split (test only; none in a summary
+        written before the test existed), as core.baselines.comparison takes them."""
+        from core.significance import DieboldMariano
+
+        return {
+            name: {"test": DieboldMariano(**scores["significance_on_test"])}
+            for name, scores in self.baselines.items()
+            if scores.get("significance_on_test")
         }
 
     def baseline_scores(self) -> dict[str, dict[str, Metrics]]:

@@ -306,7 +306,7 @@ def _img(picture: Path) -> str:
 def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> list[str]:
     """The winner and each baseline (core.baselines) on the same windows, and the verdict lines of
     core.baselines.comparison (as `python -m balm_tune.search` prints them)."""
-    from core.baselines import BASELINES, comparison
+    from core.baselines import BASELINES, comparison, verdict
 
     e = html.escape
     baselines = summary.baseline_scores()
@@ -331,16 +331,20 @@ def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> lis
             + "".join(f'<td class="n">{v:.4g}</td>' for s in ("val", "test") for v in (scores[s].mse, scores[s].mae))
             + "<td></td><td></td></tr>"
         )
-    verdicts = []
+    verdicts, tests = [], summary.significance()
     for name, result in baselines.items():
         cells = "".join(
             f'<td class="n">{getattr(result[s], m):.4g}</td>' for s in ("val", "test") for m in ("mse", "mae")
         )
         if has_winner:
-            beaten = [scores[split].mse < result[split].mse for split in ("val", "test")]
-            cells += "".join(f'<td class="{"yes" if b else "no"}">{"yes" if b else "NO"}</td>' for b in beaten)
-            line = comparison(name, scores, result, who="the winner")
-            verdicts.append(f'<li class="{"yes" if all(beaten) else "no"}">{e(line)}</li>')
+            said = [verdict(scores[s].mse, result[s].mse, tests.get(name, {}).get(s)) for s in ("val", "test")]
+            for split, word in zip(("val", "test"), said, strict=True):
+                test = tests.get(name, {}).get(split)
+                shown = {"beats": "yes", "does NOT beat": "NO"}.get(word, "no significant difference")
+                shown += f" ({test.p_text()})" if test is not None and test.p_value is not None else ""
+                cells += f'<td class="{"yes" if word == "beats" else "no"}">{e(shown)}</td>'
+            line = comparison(name, scores, result, who="the winner", tests=tests.get(name))
+            verdicts.append(f'<li class="{"yes" if said == ["beats", "beats"] else "no"}">{e(line)}</li>')
         lines.append(f"<tr><td>{e(BASELINES[name])}</td>{cells}</tr>")
     lines.append("</table></div>")
     if verdicts:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(config: BalmConfig, out: Path, quiet: bool) -> int:
     """Train `config`, score it and the baselines, and write the run's files to `out`."""
-    from core.baselines import BASELINES, comparison, run_baselines
+    from core.baselines import BASELINES, comparison, run_baselines, significance
     from core.train import Trainer, provenance
 
     for old in OUTPUTS:  # --overwrite: no file of the earlier run is left beside the new ones
@@ -104,6 +104,7 @@ def train(config: BalmConfig, out: Path, quiet: bool) -> int:
     fit = trainer.fit(on_epoch=on_epoch, checkpoint_path=out / CHECKPOINT)
     scores = {"val": trainer.evaluate("val", config.max_eval_batches), "test": trainer.evaluate("test")}
     baselines = run_baselines(trainer.data, config)
+    tests = {name: {"test": significance(scores["test"], b["test"], config.pred_len)} for name, b in baselines.items()}
     totals = {split: len(trainer.windows[split]) for split in scores}
     results = {
         "val_mse": fit.best_val_mse,
@@ -117,6 +118,7 @@ def train(config: BalmConfig, out: Path, quiet: bool) -> int:
         "baselines": {
             name: {split: m.to_dict() for split, m in by_split.items()}
             | {f"beats_on_{split}": scores[split].mse < m.mse for split, m in by_split.items()}
+            | {"significance_on_test": tests[name]["test"].to_dict()}
             for name, by_split in baselines.items()
         },
         **provenance(trainer),
@@ -125,7 +127,7 @@ def train(config: BalmConfig, out: Path, quiet: bool) -> int:
     print(f"best epoch {fit.best_epoch}: val {scores['val'].describe(totals['val'])}")
     print(f"test {scores['test'].describe(totals['test'])}")
     for name in BASELINES:
-        print(comparison(name, scores, baselines[name]))
+        print(comparison(name, scores, baselines[name], tests=tests[name]))
     print("wrote " + ", ".join(str(out / name) for name in OUTPUTS))
     return 0
 

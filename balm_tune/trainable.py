@@ -20,6 +20,7 @@ from ray import tune
 from balm_tune.outcome import DIVERGED_FACTOR
 from balm_tune.space import SearchSpace
 from core.backbones import Backbone, load_backbone
+from core.baselines import Metrics
 from core.data import ForecastData
 from core.prompts import PromptTokens
 from core.train import DivergedError, EpochReport, Trainer, build_prompts
@@ -155,11 +156,11 @@ def _item(value):
     return value.item()
 
 
-def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Checkpoint, threads: int = 0) -> dict:
-    """Test MSE/MAE of a trial's best weights over every test window: in the driver, or as a Ray task on
-    any node (the checkpoint is read from the experiment's storage, local or remote); `threads`: torch's
-    CPU threads (the trials have ended, so it may use a whole node's CPUs; 0: the trial's own). The
-    calling process's torch threads and RNG state are left as they were."""
+def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Checkpoint, threads: int = 0) -> Metrics:
+    """Test Metrics (with each window's MSE) of a trial's best weights over every test window: in the
+    driver, or as a Ray task on any node (the checkpoint is read from the experiment's storage, local or
+    remote); `threads`: torch's CPU threads (the trials have ended, so it may use a whole node's CPUs;
+    0: the trial's own). The calling process's torch threads and RNG state are left as they were."""
     import torch
 
     saved_threads, saved_rng = torch.get_num_threads(), torch.get_rng_state()
@@ -174,7 +175,7 @@ def evaluate_checkpoint(shared: SharedInputs, params: dict, checkpoint: tune.Che
     finally:
         torch.set_num_threads(saved_threads)
         torch.set_rng_state(saved_rng)
-    return {"test_mse": test.mse, "test_mae": test.mae, "test_windows": test.windows}
+    return test
 
 
 def probe_gpu_memory(shared: SharedInputs) -> tuple[int, int]:

@@ -25,8 +25,9 @@ from pathlib import Path
 from balm_tune.api import run_search
 from balm_tune.experiment import Experiment
 from balm_tune.space import DEFAULT_SPACE, load_space
-from core.baselines import BASELINES
+from core.baselines import BASELINES, verdict
 from core.config import parse_set_args
+from core.significance import DieboldMariano
 
 DATASETS = {"etth1": "embedded:ETTh1", "exchange": None}  # exchange: --exchange PATH
 
@@ -107,9 +108,11 @@ def print_row(row: dict) -> None:
     )
     for name, label in BASELINES.items():
         s = row["baselines"][name]
+        tested = DieboldMariano(**s["significance_on_test"])
         print(
             f"   winner vs {label}: {'beats' if s['beats_on_val'] else 'loses'} on validation, "
-            f"{'beats' if s['beats_on_test'] else 'loses'} on test"
+            f"{verdict(t['test_mse'], s['test']['mse'], tested).replace('does NOT beat', 'loses')} on test "
+            f"({tested.p_text()})"
         )
 
 

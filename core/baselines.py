@@ -13,12 +13,13 @@ structure does not already give; the CLIs and the search summary say so.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from core.config import BalmConfig
 from core.data import ForecastData, WindowSet
+from core.significance import DieboldMariano, diebold_mariano, window_losses
 
 CHUNK = 4096  # windows per block when fitting or scoring (bounded memory at T=512, H=720)
 BASELINES = {"repeat_last": "repeat-last value", "linear": "linear (least squares, look-back -> horizon)"}
@@ -26,14 +27,16 @@ BASELINES = {"repeat_last": "repeat-last value", "linear": "linear (least square
 
 @dataclass
 class Metrics:
-    """MSE and MAE on standardised values, and over how many windows they were taken."""
+    """MSE and MAE on standardised values, and over how many windows they were taken. `window_mse`: the
+    MSE of each window start scored (all its variables), for the significance test; never saved."""
 
     mse: float
     mae: float
     windows: int
+    window_mse: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"mse": self.mse, "mae": self.mae, "windows": self.windows}
 
     def describe(self, total: int | None = None) -> str:
         """'mse 0.3815 mae 0.4012 over 19,495 windows' (+ 'of N' when a subset)."""
@@ -42,11 +45,12 @@ class Metrics:
 
 
 class ErrorSum:
-    """Accumulates squared and absolute errors block by block (float64) into Metrics."""
+    """Accumulates squared and absolute errors block by block (float64) into Metrics, and each row's MSE."""
 
     def __init__(self) -> None:
         self.squared = self.absolute = 0.0
         self.windows = self.values = 0
+        self.rows: list[torch.Tensor] = []  # [B] MSE over the horizon, per block
 
     def add(self, forecast: torch.Tensor, target: torch.Tensor) -> None:
         error = (forecast.double() - target.double()).detach()
@@ -54,10 +58,15 @@ class ErrorSum:
         self.absolute += error.abs().sum().item()
         self.windows += error.shape[0]
         self.values += error.numel()
+        self.rows.append(error.square().mean(dim=1).cpu())
 
-    def metrics(self) -> Metrics:
+    def metrics(self, starts: torch.Tensor | None = None) -> Metrics:
+        """The scores; with `starts` (each row's window start, in the order added) also `window_mse`."""
         values = max(self.values, 1)
-        return Metrics(self.squared / values, self.absolute / values, self.windows)
+        by_window = None
+        if starts is not None and self.rows:
+            by_window = window_losses(torch.cat(self.rows), starts.cpu())
+        return Metrics(self.squared / values, self.absolute / values, self.windows, by_window)
 
 
 def eval_index(n: int, batch_size: int, max_batches: int | None) -> torch.Tensor:
@@ -103,7 +112,7 @@ def score(forecast: Callable[[torch.Tensor], torch.Tensor], windows: WindowSet, 
     for chunk in index.split(CHUNK):
         chunk = chunk.to(windows.series.device)
         errors.add(forecast(windows.inputs(chunk)).cpu(), windows.targets(chunk).cpu())
-    return errors.metrics()
+    return errors.metrics(windows.locate(index)[0])
 
 
 def baseline_metrics(
@@ -127,13 +136,36 @@ def run_baselines(data: ForecastData, config: BalmConfig) -> dict[str, dict[str,
     return baseline_metrics(data.train, {"val": (data.val, val), "test": (data.test, torch.arange(len(data.test)))})
 
 
-def comparison(name: str, model: dict[str, Metrics], baseline: dict[str, Metrics], who: str = "the model") -> str:
-    """One line: the baseline's scores and whether `who` beats it (lower MSE) on each split."""
+def significance(model: Metrics, baseline: Metrics, horizon: int) -> DieboldMariano | None:
+    """The Diebold-Mariano test of the model against a baseline on the same windows (core/significance.py),
+    or None where either was scored without its per-window errors."""
+    if model.window_mse is None or baseline.window_mse is None:
+        return None
+    return diebold_mariano(model.window_mse, baseline.window_mse, horizon)
+
+
+def verdict(model_mse: float, baseline_mse: float, test: DieboldMariano | None = None) -> str:
+    """'beats', 'does NOT beat', or, where a Diebold-Mariano test applies and finds nothing at ALPHA,
+    'shows no significant difference from'."""
+    if test is not None and test.p_value is not None and not test.significant:
+        return "shows no significant difference from"
+    return "beats" if model_mse < baseline_mse else "does NOT beat"
+
+
+def comparison(
+    name: str,
+    model: dict[str, Metrics],
+    baseline: dict[str, Metrics],
+    who: str = "the model",
+    tests: dict[str, DieboldMariano] | None = None,
+) -> str:
+    """One line: the baseline's scores and whether `who` beats it (lower MSE) on each split, with the
+    p-value of the split's Diebold-Mariano test where `tests` has one."""
+    tests = tests or {}
     scores = ", ".join(f"{split} {baseline[split].describe()}" for split in baseline)
-    verdicts = [
-        f"{'beats' if model[split].mse < baseline[split].mse else 'does NOT beat'} it on {split} "
-        f"({model[split].mse:.4f} vs {baseline[split].mse:.4f})"
-        for split in baseline
-        if split in model
-    ]
+    verdicts = []
+    for split in (split for split in baseline if split in model):
+        a, b, test = model[split].mse, baseline[split].mse, tests.get(split)
+        figures = f"{a:.4f} vs {b:.4f}" + (f", {test.p_text()}" if test is not None else "")
+        verdicts.append(f"{verdict(a, b, test)} it on {split} ({figures})")
     return f"baseline {BASELINES[name]}: {scores}; {who} " + " and ".join(verdicts)

@@ -51,8 +51,8 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, list[str]]:
-    """Read the CSV and return (values [rows, variables] float64, variable names).
+def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, list[str], pd.Timedelta]:
+    """Read the CSV and return (values [rows, variables] float64, variable names, the step between rows).
 
     For S only the target column is kept; for M and MS all variables, target last.
     """
@@ -94,13 +94,14 @@ def read_series(path: Path, features: str, target: str) -> tuple[np.ndarray, lis
                 f"data file {path}: column {column!r} row {row + 2} is {str(values[column].iloc[row])!r}, "
                 "expected a finite number"
             )
-    check_dates(path, frame["date"])
-    return values.to_numpy(dtype=np.float64), variables
+    step = check_dates(path, frame["date"])
+    return values.to_numpy(dtype=np.float64), variables, step
 
 
-def check_dates(path: Path, dates: pd.Series) -> None:
+def check_dates(path: Path, dates: pd.Series) -> pd.Timedelta:
     """Dates must parse and strictly increase: windows are cut by row, so an unsorted or duplicated
-    row would silently join unrelated times into one window. Files are refused, never reordered."""
+    row would silently join unrelated times into one window. Files are refused, never reordered.
+    Returns the most common step between two rows (the data's frequency)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "could not infer format": the NaT check below reports it
         parsed = pd.to_datetime(dates, errors="coerce")
@@ -115,6 +116,7 @@ def check_dates(path: Path, dates: pd.Series) -> None:
             f"data file {path}: column 'date' row {row + 2} ({dates.iloc[row]}) {what} row {row + 1} "
             f"({dates.iloc[row - 1]}), expected dates sorted in increasing order without duplicates"
         )
+    return pd.Series(steps).mode().iloc[0] if len(steps) else pd.Timedelta(0)
 
 
 def split_kind(config: BalmConfig, path: Path) -> str:
@@ -173,6 +175,34 @@ class WindowSet:
         return self.series[rows, channel[:, None]]
 
 
+@dataclass(frozen=True)
+class Scaler:
+    """What standardised the training data: its variables (target last), their train-split mean and
+    std, and the step between two rows."""
+
+    variables: list[str]
+    mean: np.ndarray  # [N]
+    std: np.ndarray  # [N]
+    step: pd.Timedelta
+
+    def to_dict(self) -> dict:
+        return {
+            "variables": self.variables,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "step_seconds": self.step.total_seconds(),
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Scaler:
+        return cls(
+            list(saved["variables"]),
+            np.asarray(saved["mean"], dtype=np.float64),
+            np.asarray(saved["std"], dtype=np.float64),
+            pd.Timedelta(seconds=saved["step_seconds"]),
+        )
+
+
 @dataclass
 class ForecastData:
     train: WindowSet
@@ -181,6 +211,7 @@ class ForecastData:
     variables: list[str]
     mean: np.ndarray  # scaler fitted on the train split
     std: np.ndarray
+    step: pd.Timedelta  # the most common gap between two dates (the data's frequency)
     path: Path
     sha256: str
     split_kind: str
@@ -188,11 +219,15 @@ class ForecastData:
     def split(self, name: str) -> WindowSet:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    @property
+    def scaler(self) -> Scaler:
+        return Scaler(list(self.variables), self.mean, self.std, pd.Timedelta(self.step))
+
 
 def load_data(config: BalmConfig) -> ForecastData:
     """Validate and load the CSV of `config`, split, standardise and window it."""
     path = resolve_data_path(config.data_path)
-    values, variables = read_series(path, config.features, config.target)
+    values, variables, step = read_series(path, config.features, config.target)
     kind = split_kind(config, path)
     full = split_borders(kind, len(values), config.seq_len)
     borders = split_borders(kind, len(values), config.seq_len, config.percent)
@@ -216,5 +251,5 @@ def load_data(config: BalmConfig) -> ForecastData:
         return WindowSet(name, scaled[begin:end], channels, config.seq_len, config.pred_len)
 
     return ForecastData(
-        windows("train"), windows("val"), windows("test"), variables, mean, std, path, file_sha256(path), kind
+        windows("train"), windows("val"), windows("test"), variables, mean, std, step, path, file_sha256(path), kind
     )

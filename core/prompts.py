@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.atomic import atomic_path
 from core.data import WindowSet
@@ -98,21 +99,20 @@ def build_prompt_tokens(
 
     The tokenizer must pad on the right and have a pad token (core.backbones sets both).
     """
-    ids, lengths = [], []
+    chunks = []
     for begin in range(0, len(windows), chunk):
-        index = torch.arange(begin, min(begin + chunk, len(windows)))
-        x, _, _ = normalise(windows.inputs(index))
-        encoded = tokenizer(prompt_texts(window_statistics(x), decimals, style), padding=True, return_tensors="np")
-        ids.append(encoded["input_ids"].astype(np.int32))
-        lengths.append(encoded["attention_mask"].sum(axis=1).astype(np.int32))
-    width = max(chunk_ids.shape[1] for chunk_ids in ids)
-    table = np.concatenate(
-        [
-            np.pad(chunk_ids, ((0, 0), (0, width - chunk_ids.shape[1])), constant_values=tokenizer.pad_token_id)
-            for chunk_ids in ids
-        ]
-    )
-    return PromptTokens(torch.from_numpy(table), torch.from_numpy(np.concatenate(lengths)), built=True)
+        x, _, _ = normalise(windows.inputs(torch.arange(begin, min(begin + chunk, len(windows)))))
+        chunks.append(tokenize_windows(x, tokenizer, decimals, style))
+    width = max(c.ids.shape[1] for c in chunks)
+    table = torch.cat([F.pad(c.ids, (0, width - c.ids.shape[1]), value=tokenizer.pad_token_id) for c in chunks])
+    return PromptTokens(table, torch.cat([c.lengths for c in chunks]), built=True)
+
+
+def tokenize_windows(x: torch.Tensor, tokenizer, decimals: int | None, style: str = "reference") -> PromptTokens:
+    """Normalised look-backs x [W, T] -> their prompts' token ids (one tokenizer call)."""
+    encoded = tokenizer(prompt_texts(window_statistics(x), decimals, style), padding=True, return_tensors="np")
+    ids, lengths = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].sum(axis=1).astype(np.int32)
+    return PromptTokens(torch.from_numpy(ids), torch.from_numpy(lengths), built=True)
 
 
 def cache_dir() -> Path:

@@ -320,7 +320,7 @@ class Trainer:
             with self.autocast():
                 forecast = self.model(x, ids, lengths).forecast
             errors.add(forecast.float(), y)
-        return errors.metrics()
+        return errors.metrics(self.windows[split].locate(index)[0])  # with each window start's MSE
 
     # --- the loop -----------------------------------------------------------------
     def fit(
@@ -393,6 +393,7 @@ class Trainer:
             "best": dict(self.best),
             "history": self.history,
             "config": self.config.to_dict(),
+            "scaler": self.data.scaler.to_dict(),  # what core.forecast needs to forecast new data in its units
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
         }
         if torch.cuda.is_available():

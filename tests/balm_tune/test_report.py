@@ -29,9 +29,10 @@ from balm_tune.figures import TrialCurve
 from balm_tune.forecasts import WINNER, WindowForecast, rebuild_winner, winner_forecasts
 from balm_tune.importance import MIN_TRIALS
 from balm_tune.report import ReportError, _cell, trial_curves, write_report
-from core.baselines import BASELINES, Metrics, comparison
+from core.baselines import BASELINES, Metrics, comparison, verdict
 from core.config import ConfigError
 from core.data import DataError
+from core.significance import DieboldMariano
 from tests.conftest import ETTH1, write_tiny_space
 
 PICTURES = ("history.png", "curves.png", "forecasts.png")
@@ -318,10 +319,14 @@ def _verdicts(summary: dict) -> list[str]:
         "val": Metrics(winner["best_val_mse"], winner["best_val_mae"], winner["val_windows"]),
         "test": Metrics(test["test_mse"], test["test_mae"], test["test_windows"]),
     }
-    return [
-        comparison(name, scores, {s: Metrics(**summary["baselines"][name][s]) for s in ("val", "test")}, "the winner")
-        for name in BASELINES
-    ]
+    lines = []
+    for name in BASELINES:
+        baseline = summary["baselines"][name]
+        tests = {"test": DieboldMariano(**baseline["significance_on_test"])}
+        lines.append(
+            comparison(name, scores, {s: Metrics(**baseline[s]) for s in ("val", "test")}, "the winner", tests)
+        )
+    return lines
 
 
 def test_in_chromium_at_1400px_the_page_fits_every_picture_loads_and_the_verdict_shows(search, tmp_path):
@@ -358,8 +363,12 @@ def test_the_page_is_compact_ids_cut_baselines_and_verdict_beside_the_winner(sea
         assert html.escape(line) in page
     for name, label in BASELINES.items():
         row = re.search(rf"<tr><td>{re.escape(html.escape(label))}</td>(.*?)</tr>", page).group(1)
-        beats = [summary["baselines"][name][f"beats_on_{s}"] for s in ("val", "test")]
-        assert re.findall(r'<td class="(?:yes|no)">(yes|NO)</td>', row) == ["yes" if b else "NO" for b in beats]
+        val, test = re.findall(r'<td class="(?:yes|no)">([^<]*)</td>', row)
+        assert val == ("yes" if summary["baselines"][name]["beats_on_val"] else "NO")
+        tested = DieboldMariano(**summary["baselines"][name]["significance_on_test"])
+        word = verdict(summary["test"]["test_mse"], summary["baselines"][name]["test"]["mse"], tested)
+        shown = {"beats": "yes", "does NOT beat": "NO"}.get(word, "no significant difference")
+        assert html.unescape(test) == f"{shown} ({tested.p_text()})"  # the test's p-value beside the verdict
 
 
 def _drawn(monkeypatch, draw, *args) -> Figure:

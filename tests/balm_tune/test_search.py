@@ -16,8 +16,10 @@ from optuna.trial import TrialState
 from balm_tune.search import main as search_main
 from balm_tune.study import open_study
 from balm_tune.train import main as train_main
+from core.baselines import verdict as verdict_of
 from core.config import BalmConfig
 from core.data import load_data
+from core.significance import DieboldMariano
 from tests.conftest import ETTH1, finish, read_lines, run_command, search_command, wait_for, write_tiny_space
 
 
@@ -112,6 +114,14 @@ def test_the_winner_is_tested_on_every_test_window_beside_baselines_scored_on_th
         assert scores["beats_on_test"] == (summary["test"]["test_mse"] < scores["test"]["mse"])
         verdict = "beats" if scores["beats_on_val"] else "does NOT beat"
         assert f"the winner {verdict} it on val ({winner:.4f} vs {scores['val']['mse']:.4f})" in out
+        # the Diebold-Mariano test pairs the 2,857 test windows (each the mean over its 7 variables), so
+        # the mean loss difference is the difference of the two test MSEs
+        test = DieboldMariano(**scores["significance_on_test"])
+        assert test.windows == test_windows // 7 and test.p_value is not None
+        assert test.mean_difference == pytest.approx(summary["test"]["test_mse"] - scores["test"]["mse"], abs=1e-9)
+        expected = verdict_of(summary["test"]["test_mse"], scores["test"]["mse"], test)
+        assert f"{expected} it on test ({summary['test']['test_mse']:.4f} vs {scores['test']['mse']:.4f}, " in out
+        assert f"{scores['test']['mse']:.4f}, {test.p_text()})" in out
     # the linear baseline, refitted here by hand on every training window, scores the same on test
     x = data.train.inputs(torch.arange(len(data.train))).double()
     y = data.train.targets(torch.arange(len(data.train))).double()

@@ -8,6 +8,7 @@ import torch
 from balm_tune.train import main as train_main
 from core.baselines import repeat_last, score
 from core.config import BalmConfig
+from core.significance import DieboldMariano
 from core.train import PromptLengthWarning, Trainer, eval_index
 
 
@@ -209,6 +210,10 @@ def test_train_cli_trains_and_writes_results(tiny_config, tmp_path, capsys):
     assert linear["test"]["windows"] == 19_999 and linear["beats_on_test"] == (
         results["test_mse"] < linear["test"]["mse"]
     )
+    tested = DieboldMariano(**linear["significance_on_test"])  # over the 2,857 windows of 7 variables each
+    assert tested.windows == 2_857 and tested.p_value is not None
+    assert tested.mean_difference == pytest.approx(results["test_mse"] - linear["test"]["mse"], abs=1e-9)
+    assert f"{linear['test']['mse']:.4f}, {tested.p_text()})" in out
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"config.yaml", "checkpoint.pt", "summary.json"}
     assert BalmConfig.load(tmp_path / "r" / "config.yaml").epochs == 1
 
