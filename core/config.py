@@ -52,6 +52,7 @@ class BalmConfig:
     scale_factor: float = 1.0  # alpha
     temperature_init: float = 0.07
     infonce: str = "in_batch"  # in_batch | reference (own key also among the negatives)
+    text_branch: str = "llm"  # llm | no_llm | llm2attn | random_llm: Tan et al.'s ablations (docs/model.md)
 
     # --- prompt and LLM execution (project defaults; "reference" values reproduce the official code) ---
     prompt_style: str = "compact"  # compact: "min {} max {} ..." | reference: the paper's wording (core/prompts.py)
@@ -90,6 +91,7 @@ class BalmConfig:
             "split": ("auto", "ett_hour", "ett_minute", "ratio"),
             "features": ("M", "S", "MS"),
             "infonce": ("in_batch", "reference"),
+            "text_branch": ("llm", "no_llm", "llm2attn", "random_llm"),
             "padding": ("left", "right"),
             "prompt_style": ("compact", "reference"),
             "attn_implementation": ("sdpa", "eager"),

@@ -68,40 +68,60 @@ class BalmOutput:
 
 
 class BalmModel(nn.Module):
+    """BALM-TSF, or one of Tan et al.'s ablations of its LLM (NeurIPS 2024; config key `text_branch`):
+    `no_llm` drops the text branch (no prompt, no LLM, no contrastive term: the head reads the patches),
+    `llm2attn` replaces the frozen LLM by one trainable multi-head self-attention layer of its width over
+    the same (frozen) input embeddings (their layer: residual and LayerNorm after it), `random_llm` keeps the LLM's architecture with random frozen weights."""
+
     def __init__(self, config: BalmConfig, backbone: Backbone):
         super().__init__()
         self.config = config
+        branch = config.text_branch
         self.llm = backbone.model  # frozen: requires_grad False on every weight
-        if config.trim_last_block and not config.llm_dropout:  # the same E, fewer rows (core/last_block.py)
+        if branch == "random_llm":  # same architecture and depth, freshly initialised (torch's RNG), frozen
+            self.llm = type(self.llm)(self.llm.config).requires_grad_(False)
+        if branch in ("no_llm", "llm2attn"):
+            self.llm = None
+        elif config.trim_last_block and not config.llm_dropout:  # the same E, fewer rows (core/last_block.py)
             blocks = ARCHITECTURES[type(self.llm).__name__].blocks
             self.llm = keep_last_rows(self.llm, config.resolved_prompt_len, blocks)
         self.pad_id = backbone.tokenizer.pad_token_id
         d_llm, p, n, prompt_len = backbone.hidden_size, config.patch_len, config.n_patches, config.resolved_prompt_len
         if config.d_ff > d_llm:  # the fusion keeps the first d_ff of D features
             raise ValueError(f"config key 'd_ff': got {config.d_ff}, expected <= the LLM width {d_llm}")
-        self.prompt_len = prompt_len
+        self.prompt_len = 0 if branch == "no_llm" else prompt_len
+        if branch == "llm2attn":  # LLM2Attn: the LLM's frozen embedding table, one trainable attention layer
+            self.embeddings = backbone.model.get_input_embeddings()
+            heads = backbone.model.config.num_attention_heads
+            # Tan et al.'s layer: projections without bias, dropout, residual, post-LayerNorm (eps 1e-6)
+            self.attention = nn.MultiheadAttention(d_llm, heads, bias=False, batch_first=True)
+            self.attention_dropout = nn.Dropout(config.dropout)
+            self.attention_norm = nn.LayerNorm(d_llm, eps=1e-6)
         # text branch: the learnable prompt V [P, D]
-        self.soft_prompt = nn.Parameter(torch.randn(prompt_len, d_llm))
+        if branch != "no_llm":
+            self.soft_prompt = nn.Parameter(torch.randn(prompt_len, d_llm))
         # time-series branch
         self.patch_conv = nn.Conv1d(p, config.d_model, kernel_size=3, padding=1, padding_mode="circular", bias=False)
         nn.init.kaiming_normal_(self.patch_conv.weight, mode="fan_in", nonlinearity="leaky_relu")
         self.patch_dropout = nn.Dropout(config.dropout)
         self.patch_proj = nn.Linear(config.d_model, d_llm)
         # fusion head
-        self.head = nn.Linear(config.d_ff * (prompt_len + n), config.pred_len)
+        self.head = nn.Linear(config.d_ff * (self.prompt_len + n), config.pred_len)
         self.head_dropout = nn.Dropout(config.dropout)
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature_init)))
+        if self.prompt_len:  # InfoNCE's learnable temperature (no text branch: no contrastive term)
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature_init)))
         self.train()
 
     def train(self, mode: bool = True) -> BalmModel:
         """The frozen LLM stays in eval mode (no dropout) unless config.llm_dropout (the reference)."""
         super().train(mode)
-        self.llm.train(mode and self.config.llm_dropout)
+        if self.llm is not None:
+            self.llm.train(mode and self.config.llm_dropout)
         return self
 
     @property
-    def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp()
+    def temperature(self) -> torch.Tensor | None:
+        return self.log_temperature.exp() if self.prompt_len else None  # no_llm: no contrastive term
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -126,7 +146,8 @@ class BalmModel(nn.Module):
         shift = width - lengths.to(ids.device).long()  # [B] padding per row
         if self.shares_prefix(lengths):
             return self.encode_prompt_after_shared_prefix(ids, shift)
-        text = self.llm.get_input_embeddings()(ids)  # [B, L, D]
+        embed = self.embeddings if self.llm is None else self.llm.get_input_embeddings()
+        text = embed(ids)  # [B, L, D]
         seq = torch.cat([self.soft_prompt.expand(batch, -1, -1).to(text.dtype), text], dim=1)  # [B, P + L, D]
         mask = positions = None
         if self.config.padding == "left" and bool(shift.any()):
@@ -135,7 +156,12 @@ class BalmModel(nn.Module):
             seq = seq.gather(1, source[..., None].expand(-1, -1, seq.shape[-1]))
             mask = (columns[None] >= shift[:, None]).long()  # [B, P + L]
             positions = (columns[None] - shift[:, None]).clamp(min=0)
-        hidden = self.llm(inputs_embeds=seq, attention_mask=mask, position_ids=positions).last_hidden_state
+        if self.llm is None:  # llm2attn: bidirectional attention over [pad..., V, text], pads masked
+            padding = None if mask is None else mask == 0
+            attended, _ = self.attention(seq, seq, seq, key_padding_mask=padding, need_weights=False)
+            hidden = self.attention_norm(seq + self.attention_dropout(attended))
+        else:
+            hidden = self.llm(inputs_embeds=seq, attention_mask=mask, position_ids=positions).last_hidden_state
         return hidden[:, -self.prompt_len :, :]  # [B, P, D]
 
     def shares_prefix(self, lengths: torch.Tensor) -> bool:
@@ -143,6 +169,7 @@ class BalmModel(nn.Module):
         c = self.config
         return (
             c.share_prefix
+            and self.llm is not None
             and c.padding == "left"
             and not c.llm_dropout
             and ARCHITECTURES[type(self.llm).__name__].causal
@@ -176,8 +203,11 @@ class BalmModel(nn.Module):
         """x [B, T] look-back windows, ids/lengths their prompts -> forecast [B, H] (+ InfoNCE)."""
         x_norm, mean, std = normalise(x)
         ts = self.encode_series(x_norm)  # [B, n, D]
-        text = balanced_scaling(self.encode_prompt(ids, lengths), ts, self.config.scale_factor)  # [B, P, D]
         d_ff = self.config.d_ff
+        if self.prompt_len == 0:  # no_llm: the head reads the patch features alone
+            y = self.head_dropout(self.head(ts[..., :d_ff].transpose(1, 2).flatten(1)))  # [B, H]
+            return BalmOutput(y.float() * std + mean, None)
+        text = balanced_scaling(self.encode_prompt(ids, lengths), ts, self.config.scale_factor)  # [B, P, D]
         fused = torch.cat([text[..., :d_ff], ts[..., :d_ff]], dim=1)  # [B, P + n, d_ff]
         y = self.head_dropout(self.head(fused.transpose(1, 2).flatten(1)))  # [B, H]
         forecast = y.float() * std + mean

@@ -64,7 +64,7 @@ class EpochReport:
     val_mse: float
     val_mae: float
     learning_rate: float  # the rate of the epoch's first optimizer step
-    temperature: float
+    temperature: float | None  # InfoNCE's; None without a text branch (text_branch no_llm)
     epoch_seconds: float
     best_val_mse: float
     is_best: bool
@@ -350,7 +350,7 @@ class Trainer:
                 val_mse=val.mse,
                 val_mae=val.mae,
                 learning_rate=learning_rate,
-                temperature=self.model.temperature.item(),
+                temperature=None if self.model.temperature is None else self.model.temperature.item(),
                 epoch_seconds=time.perf_counter() - started,
                 best_val_mse=self.best["val_mse"],
                 is_best=is_best,

@@ -101,3 +101,58 @@ def test_the_prefix_is_not_shared_where_it_would_change_the_result():
     gpt = _model("left")
     assert gpt.prompt_len == 3 and not gpt.shares_prefix(torch.tensor([30, 2]))  # shorter than P: [pad, V, text]
     assert not _model("right").shares_prefix(torch.tensor([30]))  # the reference layout
+
+
+# --- Tan et al.'s ablations of the LLM (text_branch) -------------------------------------------------------
+def _arm(branch: str) -> tuple[BalmModel, BalmConfig]:
+    config = BalmConfig(
+        backbone="tiny-gpt2", llm_layers=2, seq_len=96, pred_len=24, d_model=16, d_ff=32, dropout=0.0,
+        text_branch=branch,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return BalmModel(config, load_backbone("tiny-gpt2", 2)), config
+
+
+def _count(parameters) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+def test_no_llm_is_the_patch_branch_and_a_head_over_the_patches_alone():
+    model, c = _arm("no_llm")
+    d, n, p = model.patch_proj.out_features, c.n_patches, c.patch_len
+    patches = p * c.d_model * 3 + c.d_model * d + d  # Conv1d (no bias), Linear to the LLM width
+    assert _count(model.trainable_parameters()) == patches + c.d_ff * n * c.pred_len + c.pred_len
+    assert _count(model.parameters()) == _count(model.trainable_parameters())  # no LLM, no prompt, no temperature
+    out = model(torch.randn(4, 96), torch.randint(0, 50000, (4, 20)), torch.full((4,), 20), contrastive=True)
+    assert out.forecast.shape == (4, 24) and out.contrastive is None
+
+
+def test_llm2attn_replaces_the_llm_by_one_trainable_attention_layer_over_its_frozen_embeddings():
+    model, c = _arm("llm2attn")
+    full, _ = _arm("llm")
+    d, heads = model.patch_proj.out_features, full.llm.config.num_attention_heads
+    assert model.llm is None and model.attention.num_heads == heads and model.attention.embed_dim == d
+    attention = 3 * d * d + d * d + 2 * d  # q, k, v and output projections (no bias), then a LayerNorm
+    assert _count(model.trainable_parameters()) == _count(full.trainable_parameters()) + attention
+    assert not model.embeddings.weight.requires_grad  # the LLM's own embedding table, frozen
+    assert torch.equal(model.embeddings.weight, full.llm.get_input_embeddings().weight)  # the LLM's table
+    x, ids, lengths = torch.randn(3, 96), torch.randint(0, 50000, (3, 30)), torch.tensor([18, 30, 25])
+    model.eval()
+    alone = model(x[:1], ids[:1, :18], lengths[:1]).forecast
+    torch.testing.assert_close(alone, model(x, ids, lengths).forecast[:1], rtol=1e-4, atol=1e-5)  # pads masked
+    out = model.train()(x, ids, lengths, contrastive=True)
+    (out.forecast.square().mean() + out.contrastive).backward()
+    assert model.attention.in_proj_weight.grad is not None and model.soft_prompt.grad is not None
+
+
+def test_random_llm_keeps_the_architecture_with_fresh_frozen_weights():
+    model, _ = _arm("random_llm")
+    full, _ = _arm("llm")
+    assert type(model.llm) is type(full.llm) and model.llm.config.num_hidden_layers == 2
+    assert _count(model.parameters()) == _count(full.parameters())
+    assert _count(model.trainable_parameters()) == _count(full.trainable_parameters())
+    assert not any(p.requires_grad for p in model.llm.parameters())
+    ours, theirs = model.llm.get_input_embeddings().weight, full.llm.get_input_embeddings().weight
+    assert ours.shape == theirs.shape and not torch.equal(ours, theirs)
+    out = model(torch.randn(2, 96), torch.randint(0, 50000, (2, 20)), torch.full((2,), 20), contrastive=True)
+    assert out.forecast.shape == (2, 24) and torch.isfinite(out.contrastive)
