@@ -71,7 +71,8 @@ class BalmModel(nn.Module):
     """BALM-TSF, or one of Tan et al.'s ablations of its LLM (NeurIPS 2024; config key `text_branch`):
     `no_llm` drops the text branch (no prompt, no LLM, no contrastive term: the head reads the patches),
     `llm2attn` replaces the frozen LLM by one trainable multi-head self-attention layer of its width over
-    the same (frozen) input embeddings (their layer: residual and LayerNorm after it), `random_llm` keeps the LLM's architecture with random frozen weights."""
+    the same (frozen) input embeddings (their layer: residual and LayerNorm after it), `random_llm` keeps
+    the LLM's architecture with random frozen weights."""
 
     def __init__(self, config: BalmConfig, backbone: Backbone):
         super().__init__()
