@@ -38,7 +38,7 @@ from balm_tune.storage import FaultWatch, Location, StorageFull
 from balm_tune.study import check_journal
 from balm_tune.trackers import Trackers
 from balm_tune.tuner import WarmStart
-from core.config import BalmConfig
+from core.config import ABLATIONS, BalmConfig
 from core.data import ForecastData
 from core.errors import storage_fault
 from core.paths import check_name
@@ -58,6 +58,7 @@ class SearchPlan:
     trust_experiment: bool = False  # --resume a folder whose pickles this user's key did not sign
     auto_gpus: bool = False  # --gpus-per-trial auto: sized once connected (see cluster.auto_gpus_per_trial)
     trackers: Trackers = field(default_factory=Trackers)
+    ablations: tuple[str, ...] = ()  # core.config.ABLATIONS arms the winner's config is retrained as
     warm_start: WarmStart | None = None
     break_lock: bool = False  # --break-lock: take over the lock of a driver gone on another host
 
@@ -96,6 +97,7 @@ def prepare_search(
     warm_start: str | Path | None = None,
     mlflow: str | None = None,
     wandb: str | None = None,
+    ablations: list[str] | tuple[str, ...] = (),
     **overrides: Any,
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
@@ -109,8 +111,10 @@ def prepare_search(
     refused (Tune cannot change a search it restores). `address`: the trials run on that cluster, so this
     machine's device and CPUs are not checked. `enqueue`: configs (or a YAML file of them) evaluated first,
     after the space's own `enqueue`; `warm_start`: a finished experiment (local folder, or name under a local
-    `storage`) whose Optuna study seeds the sampler.
+    `storage`) whose Optuna study seeds the sampler. `ablations`: arms of core.config.ABLATIONS the winner's
+    config is retrained as after the search, on the winner's seed and the final seeds (docs/usage.md).
     """
+    check_ablations(ablations)
     if resume and not name:
         raise SpaceError("--resume needs --name of the experiment to continue")
     if resume and (enqueue is not None or warm_start is not None):
@@ -141,8 +145,14 @@ def prepare_search(
     if taken and not resume:
         raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
     return SearchPlan(
-        space, data, experiment, resume, trust_experiment, auto_gpus, trackers, warm_start=seeds, break_lock=break_lock
+        space, data, experiment, resume, trust_experiment, auto_gpus, trackers, tuple(ablations), seeds, break_lock
     )
+
+
+def check_ablations(ablations: Any) -> None:
+    wrong = [a for a in ablations if a not in ABLATIONS] if isinstance(ablations, list | tuple) else [ablations]
+    if wrong:
+        raise SpaceError(f"--ablations: got {wrong[0]!r}, expected some of {', '.join(ABLATIONS)}")
 
 
 def _with_flags(space: SearchSpace, overrides: dict, flags: dict, enqueue: str | Path | list[dict] | None):
@@ -439,7 +449,7 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
 
     from balm_tune.export import export_winner
     from balm_tune.trainable import evaluate_checkpoint
-    from balm_tune.tuner import run_final_seeds
+    from balm_tune.tuner import run_ablations, run_final_seeds
     from core.baselines import significance
 
     space, shared, data, experiment = ready.space, ready.shared, plan.data, plan.experiment
@@ -478,15 +488,49 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
     if final_seeds:
         say(f"retraining the winner on {final_seeds} further seeds, each scored on every test window")
         runs = run_final_seeds(space, shared, experiment.location, best.params, final_seeds, ready.concurrent)
-        summary.final_seeds = {
-            "runs": runs,
-            **{
-                f"{m}_{s}": f(r[m] for r in runs)
-                for m in ("test_mse", "test_mae")
-                for s, f in (("mean", statistics.fmean), ("std", _std))
-            },
-        }
+        summary.final_seeds = {"runs": [_saved_run(r) for r in runs], **_means(runs, ("test_mse", "test_mae"))}
+    if plan.ablations:
+        seeds = [config.seed + i for i in range(final_seeds + 1)]  # the winner's own seed, then the final seeds'
+        say(
+            f"retraining the winner's config as {', '.join(plan.ablations)} on {len(seeds)} seed(s), "
+            "each scored on every test window"
+        )
+        runs = run_ablations(
+            space, shared, experiment.location, best.params, list(plan.ablations), seeds, ready.concurrent
+        )
+        summary.ablations = ablation_summary(runs, test, config)
     collected.best_config = BalmConfig.load(experiment.config)
+
+
+def ablation_summary(runs: list[dict], winner: Any, config: BalmConfig) -> dict[str, Any]:
+    """Per arm: its runs, the means and stds over seeds, and the Diebold-Mariano test of the winner
+    against the arm's run on the winner's own seed (same windows)."""
+    import torch
+
+    from core.significance import diebold_mariano
+
+    arms = {}
+    for arm in dict.fromkeys(r["text_branch"] for r in runs):
+        own = [r for r in runs if r["text_branch"] == arm]
+        same_seed = next(r for r in own if r["seed"] == config.seed)
+        tested = diebold_mariano(winner.window_mse, torch.tensor(same_seed["test_window_mse"]), config.pred_len)
+        arms[arm] = {
+            "runs": [_saved_run(r) for r in own],
+            **_means(own, ("best_val_mse", "test_mse", "test_mae", "step_seconds")),
+            "parameters": same_seed["parameters"],
+            "test_windows": same_seed["test_windows"],
+            "significance_on_test": tested.to_dict(),
+        }
+    return arms
+
+
+def _saved_run(run: dict) -> dict:
+    """A retraining's figures as summary.json keeps them (its per-window errors are not kept)."""
+    return {k: v for k, v in run.items() if k != "test_window_mse"}
+
+
+def _means(runs: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    return {f"{k}_{s}": f(r[k] for r in runs) for k in keys for s, f in (("mean", statistics.fmean), ("std", _std))}
 
 
 def report(plan: SearchPlan, collected: Collected) -> SearchResult:

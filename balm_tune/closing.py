@@ -62,6 +62,8 @@ def _summary(result: SearchResult) -> list[str]:
             f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows.test:,} windows)"
         )
     lines.append(summary.importances.line())
+    for arm, figures in (summary.ablations or {}).items():
+        lines.append(ablation_line(arm, figures, scores["test"].mse))
     tests = summary.significance()
     for name, baseline in summary.baseline_scores().items():
         lines.append(comparison(name, scores, baseline, who="the winner", tests=tests.get(name)))
@@ -76,3 +78,26 @@ def _summary(result: SearchResult) -> list[str]:
         f"retrain:       python -m balm_tune.train --config {paths['config']}",
     ]
     return lines
+
+
+ARMS = {  # what each ablation arm is, in the words of a line (core/model.py; Tan et al. 2024)
+    "no_llm": "no LLM: the head reads the patches",
+    "llm2attn": "the LLM replaced by one trainable attention layer",
+    "random_llm": "the LLM's architecture with random frozen weights",
+}
+
+
+def ablation_line(arm: str, result: dict, winner_test_mse: float) -> str:
+    """One line per ablation arm: its figures over seeds and the winner's verdict against it on test."""
+    from core.baselines import verdict
+    from core.significance import DieboldMariano
+
+    runs, tested = result["runs"], DieboldMariano(**result["significance_on_test"])
+    spread = f" +- {result['test_mse_std']:.4f}" if len(runs) > 1 else ""
+    mse = result["test_mse_mean"]
+    return (
+        f"ablation {arm} ({ARMS[arm]}): val mse {result['best_val_mse_mean']:.4f}, test mse {mse:.4f}{spread} "
+        f"mae {result['test_mae_mean']:.4f} over {result['test_windows']:,} windows, {len(runs)} seed(s); "
+        f"{result['parameters']:,} trainable parameters, {result['step_seconds_mean']:.3f}s per step; the winner "
+        f"{verdict(winner_test_mse, mse, tested)} it on test ({winner_test_mse:.4f} vs {mse:.4f}, {tested.p_text()})"
+    )

@@ -16,6 +16,7 @@ closing lines (balm_tune.closing), the report and bench/ read it back.
       integrity.json      HMACs of Ray's pickles (balm_tune.integrity)
       driver.lock         while a driver runs the search: its host and pid (one driver per experiment)
       <trial>/result.json Ray's per-trial results              final_seeds/   the winner retrained
+                                                               ablations/     its config without the LLM
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ INTEGRITY = "integrity.json"
 REPORT = "report"
 REPORT_INDEX = "index.html"
 TRIAL_RESULT = "result.json"  # Ray's, in every trial's folder
+TRIAL_PROGRESS = "progress.csv"  # Ray's, beside it
 LOCK = "driver.lock"
 FINAL_SEEDS = "final_seeds"
+ABLATIONS = "ablations"
 TENSORBOARD = "events.out.tfevents"  # the prefix of Ray's TensorBoard event files
 # what `python -m balm_tune.report` needs from a remote experiment: the exported files, then the trials'
 EXPORTED = (LEADERBOARD, SUMMARY, SPACE, CONFIG, CHECKPOINT)
@@ -343,6 +346,7 @@ class Summary:
     test: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
     final_seeds: dict[str, Any] | None = None
+    ablations: dict[str, Any] | None = None  # arm -> its runs, means and test against the winner (--ablations)
     wall_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -408,4 +412,4 @@ class Summary:
         }
 
 
-WINNER_FIELDS = ("winner", "base", "params", "test", "provenance", "final_seeds", "wall_seconds")
+WINNER_FIELDS = ("winner", "base", "params", "test", "provenance", "final_seeds", "ablations", "wall_seconds")

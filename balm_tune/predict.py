@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(
         prog="python -m balm_tune.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="a search's or a training run's folder, or a checkpoint.pt")
+    parser.add_argument("model", help=f"a search's or a training run's folder, or a {CHECKPOINT} file")
     parser.add_argument("--data", required=True, help="CSV with a date column and the training variables")
     parser.add_argument("--out", help=f"CSV to write (default: {FORECASTS} in the model's folder)")
     parser.add_argument("--at", metavar="DATE", help="forecast from the look-back ending at this date (a back-test)")

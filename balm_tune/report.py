@@ -303,6 +303,31 @@ def _img(picture: Path) -> str:
     return f'<img src="{e(picture.name)}" alt="{e(picture.stem)}">'
 
 
+def _ablation_rows(summary: Summary, verdicts: list[str]) -> list[str]:
+    """Rows of the --ablations arms (means over their seeds) under the baselines, and their verdict lines
+    (balm_tune.closing.ablation_line, as the CLI prints them) appended to `verdicts`."""
+    from balm_tune.closing import ARMS, ablation_line
+    from core.baselines import verdict
+    from core.significance import DieboldMariano
+
+    e, rows, scores = html.escape, [], summary.scores()
+    for arm, result in (summary.ablations or {}).items():
+        tested = DieboldMariano(**result["significance_on_test"])
+        val, test = result["best_val_mse_mean"], result["test_mse_mean"]
+        word = verdict(scores["test"].mse, test, tested)
+        shown = {"beats": "yes", "does NOT beat": "NO"}.get(word, "no significant difference")
+        beaten_on_val = scores["val"].mse < val
+        rows.append(
+            f'<tr><td title="{e(ARMS[arm])}">ablation {e(arm)}</td><td class="n">{val:.4g}</td><td></td>'
+            f'<td class="n">{test:.4g}</td><td class="n">{result["test_mae_mean"]:.4g}</td>'
+            f'<td class="{"yes" if beaten_on_val else "no"}">{"yes" if beaten_on_val else "NO"}</td>'
+            f'<td class="{"yes" if word == "beats" else "no"}">{e(shown)} ({e(tested.p_text())})</td></tr>'
+        )
+        line = ablation_line(arm, result, scores["test"].mse)
+        verdicts.append(f'<li class="{"yes" if word == "beats" else "no"}">{e(line)}</li>')
+    return rows
+
+
 def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> list[str]:
     """The winner and each baseline (core.baselines) on the same windows, and the verdict lines of
     core.baselines.comparison (as `python -m balm_tune.search` prints them)."""
@@ -346,6 +371,7 @@ def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> lis
             line = comparison(name, scores, result, who="the winner", tests=tests.get(name))
             verdicts.append(f'<li class="{"yes" if said == ["beats", "beats"] else "no"}">{e(line)}</li>')
         lines.append(f"<tr><td>{e(BASELINES[name])}</td>{cells}</tr>")
+    lines += _ablation_rows(summary, verdicts) if has_winner else []
     lines.append("</table></div>")
     if verdicts:
         lines += ['<ul class="verdict">', *verdicts, "</ul>"]

@@ -104,6 +104,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="retrain the winner on N further seeds and report test MSE/MAE as mean +- std",
     )
     p.add_argument(
+        "--ablations",
+        nargs="+",
+        default=[],
+        metavar="ARM",
+        help="after the search, retrain the winner's config as each arm (no_llm, llm2attn, random_llm: Tan et "
+        "al.'s ablations of the LLM) on its seed and the --final-seeds seeds, scored beside it on every test window",
+    )
+    p.add_argument(
         "--mlflow",
         metavar="URI",
         help="log every trial's params and metrics to MLflow (e.g. sqlite:///mlflow.db or http://host:5000)",
@@ -195,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_start=args.warm_start,
             mlflow=args.mlflow,
             wandb=args.wandb,
+            ablations=args.ablations,
             **parse_set_args(args.set),
         )
         print_plan(plan)

@@ -119,14 +119,18 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
         failed = {"failed": str(err), "diverged": str(err)}
         tune.report({"val_mse": math.inf, "best_val_mse": math.inf, **failed, "epoch": trainer.epoch, **context})
         return
-    if shared.evaluate_test:
+    if shared.evaluate_test:  # a retraining (final seeds, ablations): the figures the summary compares
         test = trainer.evaluate("test")  # every test window, as the paper scores
+        epoch_seconds = [h["epoch_seconds"] for h in trainer.history]
         tune.report(
             {
                 "best_val_mse": trainer.best["val_mse"],
                 "test_mse": test.mse,
                 "test_mae": test.mae,
                 "test_windows": test.windows,
+                "test_window_mse": test.window_mse.tolist(),  # for the Diebold-Mariano test against the winner
+                "parameters": sum(p.numel() for p in trainer.model.trainable_parameters()),
+                "step_seconds": sum(epoch_seconds) / max(len(epoch_seconds) * trainer.batches_per_epoch, 1),
                 "epoch": trainer.epoch,
                 **context,
             }

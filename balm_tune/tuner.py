@@ -7,12 +7,13 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from balm_tune.experiment import FINAL_SEEDS, ExperimentError
+from balm_tune.experiment import ABLATIONS, FINAL_SEEDS, TRIAL_PROGRESS, TRIAL_RESULT, ExperimentError
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
@@ -215,8 +216,8 @@ def forget_unsaved_epochs(experiment: Location) -> int:
         folder = experiment.child(json.loads(trial)["relative_logdir"])
         last = json.loads(meta).get("last_result") or {}
         saved = last.get(TRAINING_ITERATION, 0)
-        dropped += _keep_iterations(folder.child("result.json"), saved)
-        dropped += _keep_iterations(folder.child("progress.csv"), saved)
+        dropped += _keep_iterations(folder.child(TRIAL_RESULT), saved)
+        dropped += _keep_iterations(folder.child(TRIAL_PROGRESS), saved)
     return dropped
 
 
@@ -265,18 +266,31 @@ def run_final_seeds(
     space: SearchSpace, shared: SharedInputs, experiment: Location, params: dict, n: int, concurrent: int
 ) -> list[dict]:
     """Retrain the winner on n further seeds (in parallel trials) and collect their test metrics."""
+    seeds = [space.base.seed + i for i in range(1, n + 1)]
+    return retrain(shared, experiment.child(FINAL_SEEDS), params, {"seed": seeds}, concurrent)
+
+
+def run_ablations(
+    space: SearchSpace, shared: SharedInputs, experiment: Location, params: dict, arms: list[str], seeds: list[int],
+    concurrent: int,
+) -> list[dict]:  # fmt: skip
+    """Retrain the winner's config once per ablation arm (core.model's `text_branch`) and seed."""
+    return retrain(shared, experiment.child(ABLATIONS), params, {"seed": seeds, "text_branch": arms}, concurrent)
+
+
+RETRAINED = ("test_mse", "test_mae", "test_windows", "test_window_mse", "best_val_mse", "parameters", "step_seconds")
+
+
+def retrain(shared: SharedInputs, folder: Location, params: dict, grid: dict[str, list], concurrent: int) -> list[dict]:
+    """Train `params` at every combination of the `grid` values (parallel trials, every test window scored);
+    each run's grid values and RETRAINED metrics."""
     from ray import tune
 
-    seeds = [space.base.seed + i for i in range(1, n + 1)]
-    grid = build_tuner(
+    runs = build_tuner(
         dataclasses.replace(shared, evaluate_test=True),
-        experiment.child(FINAL_SEEDS),
-        param_space={**params, "seed": tune.grid_search(seeds)},
-        concurrent=min(concurrent, n),
+        folder,
+        param_space={**params, **{key: tune.grid_search(values) for key, values in grid.items()}},
+        concurrent=min(concurrent, math.prod(len(v) for v in grid.values())),
         verbose=0,
-    )
-    results = grid.fit()
-    return [
-        {"seed": r.config["seed"], **{k: r.metrics.get(k) for k in ("test_mse", "test_mae", "test_windows")}}
-        for r in results
-    ]
+    ).fit()
+    return [{**{k: r.config[k] for k in grid}, **{k: r.metrics.get(k) for k in RETRAINED}} for r in runs]

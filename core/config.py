@@ -26,6 +26,9 @@ class ConfigError(BalmError, ValueError):
     """A bad config key or value; the message names it and says what was expected."""
 
 
+ABLATIONS = ("no_llm", "llm2attn", "random_llm")  # text_branch values other than llm: Tan et al.'s arms
+
+
 @dataclass
 class BalmConfig:
     # --- data ---
@@ -91,7 +94,7 @@ class BalmConfig:
             "split": ("auto", "ett_hour", "ett_minute", "ratio"),
             "features": ("M", "S", "MS"),
             "infonce": ("in_batch", "reference"),
-            "text_branch": ("llm", "no_llm", "llm2attn", "random_llm"),
+            "text_branch": ("llm", *ABLATIONS),
             "padding": ("left", "right"),
             "prompt_style": ("compact", "reference"),
             "attn_implementation": ("sdpa", "eager"),

@@ -1,10 +1,13 @@
 """The Python API: a search from code, results as objects (the CLI is a thin layer over it)."""
 
+import json
+
 import pandas as pd
 import pytest
 
 from balm_tune.api import prepare_search, run_search
 from balm_tune.space import SpaceError, load_space
+from core.significance import DieboldMariano
 from tests.conftest import write_tiny_space
 
 
@@ -45,3 +48,33 @@ def test_a_half_created_experiment_holding_only_its_space_can_be_resumed(tmp_pat
         prepare_search(space, name="half", storage=tmp_path / "runs")
     result = run_search(name="half", storage=tmp_path / "runs", resume=True)
     assert len(result.leaderboard) == 2 and result.best_config.max_train_batches == 2
+
+
+def test_ablations_retrain_the_winners_config_without_its_llm_and_test_the_winner_against_each(tmp_path):
+    arms = ["no_llm", "llm2attn", "random_llm"]
+    space = write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1})
+    result = run_search(space, name="arms", storage=tmp_path / "runs", ablations=arms, max_train_batches=2)
+    summary = result.summary
+    assert list(summary.ablations) == arms
+    for arm, scores in summary.ablations.items():
+        (run,) = scores["runs"]  # no --final-seeds: the winner's own seed only
+        assert run["seed"] == result.best_config.seed and run["text_branch"] == arm
+        assert scores["test_windows"] == summary.test["test_windows"] == 19_999  # the winner's windows
+        tested = DieboldMariano(**scores["significance_on_test"])  # 2,857 windows of 7 variables
+        assert tested.windows == 2_857 and tested.mean_difference == pytest.approx(
+            summary.test["test_mse"] - scores["test_mse_mean"], abs=1e-9
+        )
+        assert f"ablation {arm} (" in result.text and f"{tested.p_text()})" in result.text
+    parameters = {arm: scores["parameters"] for arm, scores in summary.ablations.items()}
+    assert parameters["no_llm"] < parameters["random_llm"] < parameters["llm2attn"]  # what each arm trains
+    assert (result.experiment / "ablations").is_dir()  # the arms' own trials, beside final_seeds/
+    saved = json.loads((result.experiment / "summary.json").read_text())["ablations"]
+    assert "test_window_mse" not in saved["no_llm"]["runs"][0]  # per-window errors are not kept
+    page = (result.experiment / "report" / "index.html").read_text()
+    assert all(f">ablation {arm}</td>" in page for arm in arms)  # a row per arm beside the baselines
+
+
+def test_an_unknown_ablation_arm_is_one_line_before_anything_starts(tmp_path):
+    with pytest.raises(SpaceError, match="--ablations: got 'nollm', expected some of no_llm, llm2attn, random_llm"):
+        prepare_search(write_tiny_space(tmp_path), storage=tmp_path / "runs", ablations=["nollm"])
+    assert not (tmp_path / "runs").exists()
