@@ -9,6 +9,7 @@ winner's validation and test figures beside the repeat-last value and the closed
     python bench/vs_baselines.py --exchange ../shared/data/exchange_rate.csv | tee vs_baselines.txt
     python bench/vs_baselines.py --datasets etth1 --set seq_len=336      # one variant of the space
     python bench/vs_baselines.py --quick                                 # smoke run: 2 trials x 1 epoch of 2 batches
+    python bench/vs_baselines.py --ablations no_llm llm2attn random_llm --final-seeds 3    # does the LLM help?
 
 The budget is stated as work, not wall time (machines are shared): trials x epochs x batches of the
 space (an upper bound; ASHA stops weak trials early) and the batches the trials actually trained.
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storage", help="folder for the experiments (default: a temporary folder)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 trials x 1 epoch of 2 batches")
+    p.add_argument("--ablations", nargs="*", default=[], metavar="ARM", help="retrain the winner as these arms")
+    p.add_argument("--final-seeds", type=int, default=0, metavar="N", help="retrain the winner on N more seeds")
     return p.parse_args(argv)
 
 
@@ -65,7 +68,14 @@ def run_one(name: str, data_path: str, args: argparse.Namespace, storage: Path) 
     options = {"num_samples": 2, "max_epochs": 1, "max_train_batches": 2, "max_eval_batches": 2} if args.quick else {}
     options = {**options, **overrides}
     started = time.perf_counter()
-    result = run_search(args.space, name=f"vs-baselines-{name}", storage=storage, **options)
+    result = run_search(
+        args.space,
+        name=f"vs-baselines-{name}",
+        storage=storage,
+        ablations=args.ablations,
+        final_seeds=args.final_seeds,
+        **options,
+    )
     summary = result.summary.to_dict()
     space = load_space(Experiment.local(result.experiment).space_file)
     row = {
@@ -79,6 +89,8 @@ def run_one(name: str, data_path: str, args: argparse.Namespace, storage: Path) 
         "params": summary.get("params"),
         "test": summary.get("test"),
         "baselines": summary["baselines"],
+        "final_seeds": summary.get("final_seeds"),
+        "ablations": summary.get("ablations"),
         "wall_seconds": time.perf_counter() - started,
     }
     print_row(row)
@@ -96,9 +108,22 @@ def print_row(row: dict) -> None:
     if w is None:
         print("   no trial finished")
         return
-    t = row["test"]
-    print(f"   {'':34s} {'val mse':>9s} {'test mse':>9s} {'test mae':>9s}")
+    t, seeds = row["test"], row["final_seeds"]
+    print(f"   {'':34s} {'val mse':>9s} {'test mse':>9s} {'test mae':>9s}  vs the winner on test")
     print(f"   {'BALM (search winner)':34s} {w['best_val_mse']:9.4f} {t['test_mse']:9.4f} {t['test_mae']:9.4f}")
+    if seeds:
+        print(
+            f"   {'  winner on ' + str(len(seeds['runs'])) + ' further seeds':34s} {'':9s} "
+            f"{seeds['test_mse_mean']:9.4f} {seeds['test_mae_mean']:9.4f}  (test mse std {seeds['test_mse_std']:.4f})"
+        )
+    for arm, a in (row["ablations"] or {}).items():
+        tested = DieboldMariano(**a["significance_on_test"])
+        word = verdict(t["test_mse"], a["test_mse_mean"], tested).replace("does NOT beat", "loses to")
+        print(
+            f"   {'ablation ' + arm + ' (' + str(len(a['runs'])) + ' seeds)':34s} {a['best_val_mse_mean']:9.4f} "
+            f"{a['test_mse_mean']:9.4f} {a['test_mae_mean']:9.4f}  winner {word} it ({tested.p_text()}); "
+            f"test mse std {a['test_mse_std']:.4f}, {a['parameters']:,} params, {a['step_seconds_mean']:.3f}s/step"
+        )
     for name, label in BASELINES.items():
         s = row["baselines"][name]
         print(f"   {label:34.34s} {s['val']['mse']:9.4f} {s['test']['mse']:9.4f} {s['test']['mae']:9.4f}")
