@@ -51,7 +51,6 @@ INTEGRITY = "integrity.json"
 REPORT = "report"
 REPORT_INDEX = "index.html"
 TRIAL_RESULT = "result.json"  # Ray's, in every trial's folder
-TRIAL_PROGRESS = "progress.csv"  # Ray's, beside it
 LOCK = "driver.lock"
 FINAL_SEEDS = "final_seeds"
 ABLATIONS = "ablations"

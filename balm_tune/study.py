@@ -5,6 +5,7 @@ warm start, optuna-dashboard reads the same file)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -20,9 +21,12 @@ class StudyError(BalmError):
 
 def check_journal(journal: Path) -> None:
     """StudyError naming the first line of `journal` that is not a journal record (Optuna reads past a
-    damaged last line, then fails inside the search once another record follows it)."""
+    damaged last line, then fails inside the search once another record follows it). A last line without
+    its newline is a record whose write was cut off (a full disk, a kill): `drop_torn_record` removes it."""
     with open(journal, "rb") as handle:
         for number, line in enumerate(handle, 1):
+            if not line.endswith(b"\n"):
+                return  # torn: never a record any reader saw
             try:
                 json.loads(line)
             except ValueError:
@@ -30,6 +34,19 @@ def check_journal(journal: Path) -> None:
                     f"{journal}: line {number} is not an Optuna journal record ({shown(line[:60])}); the file is "
                     "damaged: restore it from a copy, or delete that line and those after it"
                 ) from None
+
+
+def drop_torn_record(journal: Path) -> bool:
+    """Before a resumed search writes to `journal`: cut a last record whose write was cut off, which Optuna
+    skips when reading but would join to the next record it appends (a damaged line in the middle)."""
+    if not journal.exists():
+        return False
+    data = journal.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    os.truncate(journal, data.rfind(b"\n") + 1)
+    print(f"note: {journal} ended in a record whose write was cut off (a full disk or a kill); removed it")
+    return True
 
 
 def open_study(journal: Path, name: str, *, create: bool = False, sampler=None) -> optuna.Study:

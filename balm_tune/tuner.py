@@ -3,7 +3,6 @@ further seeds and the benchmarks; `make_tuner` adds the space's searcher and sch
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -13,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from balm_tune.experiment import ABLATIONS, FINAL_SEEDS, TRIAL_PROGRESS, TRIAL_RESULT, ExperimentError
+from balm_tune.experiment import ABLATIONS, FINAL_SEEDS, ExperimentError
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from ray.tune.stopper import Stopper
 
 METRIC = "best_val_mse"  # what every searcher and scheduler minimises
-TRAINING_ITERATION = "training_iteration"  # Tune's count of a trial's results: its epochs here
 SYNC_PERIOD_S = 10  # the driver's experiment state reaches remote storage at most this late (Ray's default: 300)
 TUNE_SETTINGS = {  # Ray Tune's environment settings for every Tuner built here (a variable already set wins)
     "TUNE_GLOBAL_CHECKPOINT_S": "5",  # experiment snapshots for --resume: at most 5 s behind
@@ -133,6 +131,7 @@ def make_tuner(
     from balm_tune.integrity import Sealer, verify
     from balm_tune.optuna_search import StudyRecorder, StudyStopper, TuneView, forget_lost_trials
     from balm_tune.strategies import create_scheduler
+    from balm_tune.study import drop_torn_record
 
     if resume and restorable(experiment):
         if not trust_experiment:
@@ -140,8 +139,8 @@ def make_tuner(
         if not verbose:  # tuner.pkl brings SearchTable back; Tune honours it only in its old output engine
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
             logging.getLogger(TUNE_CONTROLLER).addFilter(_deleted_checkpoint)  # once (addFilter keeps one)
+        drop_torn_record(journal)  # before the study is written to again
         forget_lost_trials(journal, experiment.name, recorded_trial_ids(experiment))
-        forget_unsaved_epochs(experiment)
         return build_tuner(shared, experiment, param_space={}, resume=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pbt = space.scheduler.type == "pbt"
@@ -202,41 +201,6 @@ def restorable(experiment: Location) -> bool:
 def recorded_trial_ids(experiment: Location) -> set[str]:
     """The Tune trial ids in the experiment's newest saved state (its JSON, read without unpickling)."""
     return _trial_ids(experiment, max(_experiment_states(experiment.files("."))))
-
-
-def forget_unsaved_epochs(experiment: Location) -> int:
-    """Before a --resume: each trial's result lines (result.json, progress.csv) of epochs later than the last
-    result Tune's newest saved state records are dropped; returns how many. Tune takes its final state
-    snapshot of a stopped search before it stops the trials, and results they report meanwhile are still
-    logged: the resumed trial trains such an epoch again from the checkpoint before it, so without this its
-    log (what `balm_tune.report` and the test of a resume read) would hold that epoch twice."""
-    state = json.loads(experiment.child(max(_experiment_states(experiment.files(".")))).read_bytes())
-    dropped = 0
-    for trial, meta in state["trial_data"]:
-        folder = experiment.child(json.loads(trial)["relative_logdir"])
-        last = json.loads(meta).get("last_result") or {}
-        saved = last.get(TRAINING_ITERATION, 0)
-        dropped += _keep_iterations(folder.child(TRIAL_RESULT), saved)
-        dropped += _keep_iterations(folder.child(TRIAL_PROGRESS), saved)
-    return dropped
-
-
-def _keep_iterations(log: Location, saved: int) -> int:
-    """Rewrite a trial's result.json (JSON lines) or progress.csv (a header row, then rows) without the rows
-    after iteration `saved`; returns how many were dropped."""
-    if not log.exists():
-        return 0
-    lines = [line for line in log.read_bytes().decode().splitlines(keepends=True) if line.strip()]
-    if log.path.endswith(".csv"):
-        header, rows = lines[:1], lines[1:]
-        column = next(csv.reader(header)).index(TRAINING_ITERATION) if header else 0
-        kept = [row for row in rows if int(next(csv.reader([row]))[column]) <= saved]
-    else:
-        header, rows = [], lines
-        kept = [row for row in rows if json.loads(row)[TRAINING_ITERATION] <= saved]
-    if len(kept) < len(rows):
-        log.write_bytes("".join(header + kept).encode())
-    return len(rows) - len(kept)
 
 
 def check_states(experiment: Location) -> None:
