@@ -144,9 +144,8 @@ def prepare_search(
     taken = experiment.taken()
     if taken and not resume:
         raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
-    return SearchPlan(
-        space, data, experiment, resume, trust_experiment, auto_gpus, trackers, tuple(ablations), seeds, break_lock
-    )
+    arms = tuple(ablations or space.ablations)  # --ablations wins over the space's list
+    return SearchPlan(space, data, experiment, resume, trust_experiment, auto_gpus, trackers, arms, seeds, break_lock)
 
 
 def check_ablations(ablations: Any) -> None:
@@ -520,6 +519,7 @@ def ablation_summary(runs: list[dict], winner: Any, config: BalmConfig) -> dict[
             "parameters": same_seed["parameters"],
             "test_windows": same_seed["test_windows"],
             "significance_on_test": tested.to_dict(),
+            "tested_run": {"seed": config.seed, "test_mse": same_seed["test_mse"]},  # what the test compared
         }
     return arms
 

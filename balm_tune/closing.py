@@ -94,10 +94,11 @@ def ablation_line(arm: str, result: dict, winner_test_mse: float) -> str:
 
     runs, tested = result["runs"], DieboldMariano(**result["significance_on_test"])
     spread = f" +- {result['test_mse_std']:.4f}" if len(runs) > 1 else ""
-    mse = result["test_mse_mean"]
+    run = result["tested_run"]  # the arm's run on the winner's own seed: the one the test pairs with the winner
     return (
-        f"ablation {arm} ({ARMS[arm]}): val mse {result['best_val_mse_mean']:.4f}, test mse {mse:.4f}{spread} "
-        f"mae {result['test_mae_mean']:.4f} over {result['test_windows']:,} windows, {len(runs)} seed(s); "
-        f"{result['parameters']:,} trainable parameters, {result['step_seconds_mean']:.3f}s per step; the winner "
-        f"{verdict(winner_test_mse, mse, tested)} it on test ({winner_test_mse:.4f} vs {mse:.4f}, {tested.p_text()})"
+        f"ablation {arm} ({ARMS[arm]}): val mse {result['best_val_mse_mean']:.4f}, test mse "
+        f"{result['test_mse_mean']:.4f}{spread} mae {result['test_mae_mean']:.4f} over {result['test_windows']:,} "
+        f"windows, {len(runs)} seed(s); {result['parameters']:,} trainable parameters, "
+        f"{result['step_seconds_mean']:.3f}s per step; the winner {verdict(winner_test_mse, run['test_mse'], tested)} "
+        f"its seed-{run['seed']} run on test ({winner_test_mse:.4f} vs {run['test_mse']:.4f}, {tested.p_text()})"
     )

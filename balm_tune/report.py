@@ -314,7 +314,7 @@ def _ablation_rows(summary: Summary, verdicts: list[str]) -> list[str]:
     for arm, result in (summary.ablations or {}).items():
         tested = DieboldMariano(**result["significance_on_test"])
         val, test = result["best_val_mse_mean"], result["test_mse_mean"]
-        word = verdict(scores["test"].mse, test, tested)
+        word = verdict(scores["test"].mse, result["tested_run"]["test_mse"], tested)  # the run the test paired
         shown = {"beats": "yes", "does NOT beat": "NO"}.get(word, "no significant difference")
         beaten_on_val = scores["val"].mse < val
         rows.append(

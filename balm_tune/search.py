@@ -167,6 +167,8 @@ def print_plan(plan: SearchPlan) -> None:
         f"  per trial: {space.cpus_per_trial} CPU, {'auto' if plan.auto_gpus else space.gpus_per_trial} GPU; "
         f"GPU budget: {space.gpu_budget.strip()}"
     )
+    if plan.ablations:
+        print(f"  after the search: the winner's config retrained as {', '.join(plan.ablations)} (ablations)")
     print(f"  experiment: {plan.experiment.uri}; results also in {plan.experiment.folder}")
 
 

@@ -10,6 +10,7 @@
     enqueue:   [{key: value, ...}, ...]                  # configs evaluated first (e.g. the paper's own)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
     seed: 0                                              # the Optuna sampler's seed
+    ablations: [no_llm, llm2attn, random_llm]            # optional: the winner retrained as each arm (--ablations)
     horizons:  {96: {learning_rate: .., epochs: ..}, 336: {..}}   # optional, per pred_len
 
 `horizons` (the paper presets) holds each horizon's own values: the entry of the base's pred_len
@@ -42,7 +43,7 @@ from balm_tune.strategies import (
     parse_strategy,
     try_sampler,
 )
-from core.config import BalmConfig, ConfigError
+from core.config import ABLATIONS, BalmConfig, ConfigError
 from core.errors import BalmError, shown
 from core.yamlio import read_yaml
 
@@ -59,6 +60,7 @@ SECTIONS = {
     "scheduler": None,  # checked against the scheduler's keywords
     "enqueue": None,
     "resources": {"cpus_per_trial", "gpus_per_trial"},
+    "ablations": None,
 }
 # keys that change the data, the prompts or the backbone shared by every trial: one search each
 NOT_SEARCHABLE = {
@@ -146,6 +148,7 @@ class SearchSpace:
     description: str = ""
     gpu_budget: str = ""
     horizons: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    ablations: list[str] = dataclasses.field(default_factory=list)  # core.config.ABLATIONS arms (--ablations)
 
     def trial_config(self, params: dict[str, Any]) -> BalmConfig:
         """The full core config of a trial: base + its sampled params, trained for max_epochs."""
@@ -198,6 +201,7 @@ class SearchSpace:
             "enqueue": self.enqueue,
             "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
             "seed": self.seed,
+            "ablations": self.ablations,
         }
 
     def save(self, path: Path) -> None:
@@ -361,11 +365,22 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
         description=raw.get("description", ""),
         gpu_budget=raw.get("gpu_budget", ""),
         horizons=horizons,
+        ablations=_ablations(path, raw.get("ablations") or []),
     )
     if horizons:
         return space.with_base_overrides({})
     _check_budget(space)
     return space
+
+
+def _ablations(path: Path, raw: Any) -> list[str]:
+    """The `ablations` section: a list of core.config.ABLATIONS arms."""
+    if not isinstance(raw, list):
+        raise _fail(path, "ablations", f"got {shown(raw)}, expected a list of some of {', '.join(ABLATIONS)}")
+    for arm in raw:
+        if arm not in ABLATIONS:
+            raise _fail(path, "ablations", f"got {shown(arm)}, expected some of {', '.join(ABLATIONS)}")
+    return list(raw)
 
 
 def _horizons(path: Path, raw: Any, base: BalmConfig) -> dict[int, dict[str, Any]]:

@@ -118,10 +118,12 @@ def print_row(row: dict) -> None:
         )
     for arm, a in (row["ablations"] or {}).items():
         tested = DieboldMariano(**a["significance_on_test"])
-        word = verdict(t["test_mse"], a["test_mse_mean"], tested).replace("does NOT beat", "loses to")
+        run = a["tested_run"]  # the arm's run on the winner's seed, which the test pairs with the winner
+        word = verdict(t["test_mse"], run["test_mse"], tested).replace("does NOT beat", "loses to")
         print(
             f"   {'ablation ' + arm + ' (' + str(len(a['runs'])) + ' seeds)':34s} {a['best_val_mse_mean']:9.4f} "
-            f"{a['test_mse_mean']:9.4f} {a['test_mae_mean']:9.4f}  winner {word} it ({tested.p_text()}); "
+            f"{a['test_mse_mean']:9.4f} {a['test_mae_mean']:9.4f}  winner {word} its seed-{run['seed']} run "
+            f"({run['test_mse']:.4f}, {tested.p_text()}); "
             f"test mse std {a['test_mse_std']:.4f}, {a['parameters']:,} params, {a['step_seconds_mean']:.3f}s/step"
         )
     for name, label in BASELINES.items():

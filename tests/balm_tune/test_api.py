@@ -7,6 +7,7 @@ import pytest
 
 from balm_tune.api import prepare_search, run_search
 from balm_tune.space import SpaceError, load_space
+from core.baselines import verdict
 from core.significance import DieboldMariano
 from tests.conftest import write_tiny_space
 
@@ -63,6 +64,11 @@ def test_ablations_retrain_the_winners_config_without_its_llm_and_test_the_winne
         tested = DieboldMariano(**scores["significance_on_test"])  # 2,857 windows of 7 variables
         assert tested.windows == 2_857 and tested.mean_difference == pytest.approx(
             summary.test["test_mse"] - scores["test_mse_mean"], abs=1e-9
+        )
+        assert scores["tested_run"] == {"seed": run["seed"], "test_mse": run["test_mse"]}  # what the test paired
+        word = verdict(summary.test["test_mse"], run["test_mse"], tested)
+        assert (
+            f"the winner {word} its seed-{run['seed']} run on test ({summary.test['test_mse']:.4f} vs " in result.text
         )
         assert f"ablation {arm} (" in result.text and f"{tested.p_text()})" in result.text
     parameters = {arm: scores["parameters"] for arm, scores in summary.ablations.items()}

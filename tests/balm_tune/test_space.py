@@ -52,6 +52,8 @@ def test_default_space_is_the_cpu_quick_start():
         ({"base": {"learning_rat": 0.1}}, "unknown config key(s) ['learning_rat']"),
         ({"scheduler": {"grace_period": 9}}, "'scheduler.grace_period': got 9, expected <= max_epochs (3)"),
         ({"resources": {"gpus_per_trial": -1}}, "'resources.gpus_per_trial': got -1, expected a number >= 0"),
+        ({"ablations": ["no_llm", "nollm"]}, "'ablations': got 'nollm', expected some of no_llm, llm2attn, random_llm"),
+        ({"ablations": "no_llm"}, "'ablations': got 'no_llm', expected a list of some of no_llm"),
     ],
 )
 def test_bad_spaces_name_the_file_and_key(write_space, sections, message):
@@ -219,3 +221,12 @@ def test_a_horizon_without_an_entry_is_an_error_before_anything_starts(write_spa
     assert space.base.batch_size == 16
     with pytest.raises(SpaceError, match=r"'horizons': no entry for pred_len 96; expected one of \[24, 48\]"):
         space.with_base_overrides({"pred_len": 96})
+
+
+def test_a_space_can_ask_for_ablations_and_the_flag_wins(write_space, tmp_path):
+    from balm_tune.api import prepare_search
+
+    path = write_space(ablations=["no_llm", "random_llm"])
+    assert load_space(path).ablations == ["no_llm", "random_llm"]
+    assert prepare_search(path, storage=tmp_path / "a").ablations == ("no_llm", "random_llm")
+    assert prepare_search(path, storage=tmp_path / "b", ablations=["llm2attn"]).ablations == ("llm2attn",)
