@@ -33,12 +33,12 @@ from balm_tune.cluster import Cluster
 from balm_tune.experiment import JOURNAL, SPACE, TRIAL_FILES, Experiment, Summary, Windows, Winner
 from balm_tune.optuna_search import close_study, finished_trials, stall_of
 from balm_tune.outcome import DIVERGED_FACTOR, Outcome
-from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, load_points, load_space
+from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, check_ablations, load_points, load_space
 from balm_tune.storage import FaultWatch, Location, StorageFull
 from balm_tune.study import check_journal
 from balm_tune.trackers import Trackers
 from balm_tune.tuner import WarmStart
-from core.config import ABLATIONS, BalmConfig
+from core.config import BalmConfig
 from core.data import ForecastData
 from core.errors import storage_fault
 from core.paths import check_name
@@ -146,12 +146,6 @@ def prepare_search(
         raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
     arms = tuple(ablations or space.ablations)  # --ablations wins over the space's list
     return SearchPlan(space, data, experiment, resume, trust_experiment, auto_gpus, trackers, arms, seeds, break_lock)
-
-
-def check_ablations(ablations: Any) -> None:
-    wrong = [a for a in ablations if a not in ABLATIONS] if isinstance(ablations, list | tuple) else [ablations]
-    if wrong:
-        raise SpaceError(f"--ablations: got {wrong[0]!r}, expected some of {', '.join(ABLATIONS)}")
 
 
 def _with_flags(space: SearchSpace, overrides: dict, flags: dict, enqueue: str | Path | list[dict] | None):

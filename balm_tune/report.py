@@ -303,6 +303,11 @@ def _img(picture: Path) -> str:
     return f'<img src="{e(picture.name)}" alt="{e(picture.stem)}">'
 
 
+def _verdict_cell(word: str) -> str:
+    """A verdict of core.baselines.verdict as a table cell says it."""
+    return {"beats": "yes", "does NOT beat": "NO"}.get(word, "no significant difference")
+
+
 def _ablation_rows(summary: Summary, verdicts: list[str]) -> list[str]:
     """Rows of the --ablations arms (means over their seeds) under the baselines, and their verdict lines
     (balm_tune.closing.ablation_line, as the CLI prints them) appended to `verdicts`."""
@@ -315,7 +320,7 @@ def _ablation_rows(summary: Summary, verdicts: list[str]) -> list[str]:
         tested = DieboldMariano(**result["significance_on_test"])
         val, test = result["best_val_mse_mean"], result["test_mse_mean"]
         word = verdict(scores["test"].mse, result["tested_run"]["test_mse"], tested)  # the run the test paired
-        shown = {"beats": "yes", "does NOT beat": "NO"}.get(word, "no significant difference")
+        shown = _verdict_cell(word)
         beaten_on_val = scores["val"].mse < val
         rows.append(
             f'<tr><td title="{e(ARMS[arm])}">ablation {e(arm)}</td><td class="n">{val:.4g}</td><td></td>'
@@ -365,7 +370,7 @@ def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> lis
             said = [verdict(scores[s].mse, result[s].mse, tests.get(name, {}).get(s)) for s in ("val", "test")]
             for split, word in zip(("val", "test"), said, strict=True):
                 test = tests.get(name, {}).get(split)
-                shown = {"beats": "yes", "does NOT beat": "NO"}.get(word, "no significant difference")
+                shown = _verdict_cell(word)
                 shown += f" ({test.p_text()})" if test is not None and test.p_value is not None else ""
                 cells += f'<td class="{"yes" if word == "beats" else "no"}">{e(shown)}</td>'
             line = comparison(name, scores, result, who="the winner", tests=tests.get(name))

@@ -365,7 +365,7 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
         description=raw.get("description", ""),
         gpu_budget=raw.get("gpu_budget", ""),
         horizons=horizons,
-        ablations=_ablations(path, raw.get("ablations") or []),
+        ablations=check_ablations(raw.get("ablations") or [], f"search space {path}: 'ablations'"),
     )
     if horizons:
         return space.with_base_overrides({})
@@ -373,14 +373,14 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
     return space
 
 
-def _ablations(path: Path, raw: Any) -> list[str]:
-    """The `ablations` section: a list of core.config.ABLATIONS arms."""
-    if not isinstance(raw, list):
-        raise _fail(path, "ablations", f"got {shown(raw)}, expected a list of some of {', '.join(ABLATIONS)}")
-    for arm in raw:
+def check_ablations(arms: Any, where: str = "--ablations") -> list[str]:
+    """A list of core.config.ABLATIONS arms (the space's `ablations` or the flag), or one SpaceError line."""
+    if not isinstance(arms, list | tuple):
+        raise SpaceError(f"{where}: got {shown(arms)}, expected a list of some of {', '.join(ABLATIONS)}")
+    for arm in arms:
         if arm not in ABLATIONS:
-            raise _fail(path, "ablations", f"got {shown(arm)}, expected some of {', '.join(ABLATIONS)}")
-    return list(raw)
+            raise SpaceError(f"{where}: got {shown(arm)}, expected some of {', '.join(ABLATIONS)}")
+    return list(arms)
 
 
 def _horizons(path: Path, raw: Any, base: BalmConfig) -> dict[int, dict[str, Any]]:

@@ -54,11 +54,12 @@ class ErrorSum:
 
     def add(self, forecast: torch.Tensor, target: torch.Tensor) -> None:
         error = (forecast.double() - target.double()).detach()
-        self.squared += error.square().sum().item()
+        squared = error.square()
+        self.squared += squared.sum().item()
         self.absolute += error.abs().sum().item()
         self.windows += error.shape[0]
         self.values += error.numel()
-        self.rows.append(error.square().mean(dim=1).cpu())
+        self.rows.append(squared.mean(dim=1).cpu())
 
     def metrics(self, starts: torch.Tensor | None = None) -> Metrics:
         """The scores; with `starts` (each row's window start, in the order added) also `window_mse`."""

@@ -54,10 +54,8 @@ class DieboldMariano:
 def window_losses(row_losses: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     """Per-row losses [R] and each row's window start [R] -> the mean loss of each start present [T],
     in order of start (the rows of one window are its variables)."""
-    unique, which = torch.unique(starts, return_inverse=True)
-    sums = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, which, row_losses.double())
-    counts = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, which, torch.ones_like(sums[which]))
-    return sums / counts
+    _, which = torch.unique(starts, return_inverse=True)
+    return torch.bincount(which, weights=row_losses.double()) / torch.bincount(which)
 
 
 def diebold_mariano(loss_a: torch.Tensor, loss_b: torch.Tensor, horizon: int) -> DieboldMariano:
