@@ -367,7 +367,7 @@ class Collected:
     (None when Ctrl-C interrupted the trials) and the winner's row (None when every trial failed)."""
 
     rows: list  # balm_tune.export.TrialRow
-    baselines: list  # balm_tune.export.BaselineRow
+    baselines: list  # balm_tune.export.BaselineRow (and AblationRow after --ablations)
     summary: Summary | None
     winner: Any = None
     paths: dict[str, Path] = field(default_factory=dict)
@@ -440,7 +440,7 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
     against each baseline and, with `final_seeds`, the winner retrained on further seeds."""
     import ray
 
-    from balm_tune.export import export_winner
+    from balm_tune.export import baseline_rows, export_winner, write_rows
     from balm_tune.trainable import evaluate_checkpoint
     from balm_tune.tuner import run_ablations, run_final_seeds
     from core.baselines import significance
@@ -492,6 +492,8 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
             space, shared, experiment.location, best.params, list(plan.ablations), seeds, ready.concurrent
         )
         summary.ablations = ablation_summary(runs, test, config)
+        collected.baselines = baseline_rows(summary.baselines, summary.ablations)  # the arms' rows too
+        write_rows(collected.baselines, experiment.baselines)
     collected.best_config = BalmConfig.load(experiment.config)
 
 
@@ -509,7 +511,7 @@ def ablation_summary(runs: list[dict], winner: Any, config: BalmConfig) -> dict[
         tested = diebold_mariano(winner.window_mse, torch.tensor(same_seed["test_window_mse"]), config.pred_len)
         arms[arm] = {
             "runs": [_saved_run(r) for r in own],
-            **_means(own, ("best_val_mse", "test_mse", "test_mae", "step_seconds")),
+            **_means(own, ("best_val_mse", "best_val_mae", "test_mse", "test_mae", "step_seconds")),
             "parameters": same_seed["parameters"],
             "test_windows": same_seed["test_windows"],
             "significance_on_test": tested.to_dict(),

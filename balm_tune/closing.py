@@ -10,6 +10,7 @@ from core.baselines import comparison
 
 if TYPE_CHECKING:
     from balm_tune.api import SearchResult
+    from core.significance import SeedSpread
 
 
 def closing_text(result: SearchResult) -> str:
@@ -62,11 +63,12 @@ def _summary(result: SearchResult) -> list[str]:
             f"mae {f['test_mae_mean']:.6f} +- {f['test_mae_std']:.6f} (each over {windows.test:,} windows)"
         )
     lines.append(summary.importances.line())
+    spread = summary.seed_spread()
     for arm, figures in (summary.ablations or {}).items():
-        lines.append(ablation_line(arm, figures, scores["test"].mse))
+        lines.append(ablation_line(arm, figures, scores["test"].mse, spread))
     tests = summary.significance()
     for name, baseline in summary.baseline_scores().items():
-        lines.append(comparison(name, scores, baseline, who="the winner", tests=tests.get(name)))
+        lines.append(comparison(name, scores, baseline, who="the winner", tests=tests.get(name), spread=spread))
     lines += [
         f"leaderboard:   {paths['leaderboard']}  (baselines: {paths['baselines']})",
         f"best config:   {paths['config']}",
@@ -87,18 +89,26 @@ ARMS = {  # what each ablation arm is, in the words of a line (core/model.py; Ta
 }
 
 
-def ablation_line(arm: str, result: dict, winner_test_mse: float) -> str:
-    """One line per ablation arm: its figures over seeds and the winner's verdict against it on test."""
+def ablation_line(arm: str, result: dict, winner_test_mse: float, winner_spread: SeedSpread | None = None) -> str:
+    """One line per ablation arm: its figures over seeds, the winner's verdict against it on test (the
+    paired test) and, with several seeds, whether the arm's mean +- std excludes the winner's figure (the
+    winner's seeds' mean when it has `winner_spread`, else its test MSE)."""
     from core.baselines import verdict
-    from core.significance import DieboldMariano
+    from core.significance import DieboldMariano, SeedSpread
 
     runs, tested = result["runs"], DieboldMariano(**result["significance_on_test"])
     spread = f" +- {result['test_mse_std']:.4f}" if len(runs) > 1 else ""
     run = result["tested_run"]  # the arm's run on the winner's own seed: the one the test pairs with the winner
-    return (
+    line = (
         f"ablation {arm} ({ARMS[arm]}): val mse {result['best_val_mse_mean']:.4f}, test mse "
         f"{result['test_mse_mean']:.4f}{spread} mae {result['test_mae_mean']:.4f} over {result['test_windows']:,} "
         f"windows, {len(runs)} seed(s); {result['parameters']:,} trainable parameters, "
         f"{result['step_seconds_mean']:.3f}s per step; the winner {verdict(winner_test_mse, run['test_mse'], tested)} "
         f"its seed-{run['seed']} run on test ({winner_test_mse:.4f} vs {run['test_mse']:.4f}, {tested.p_text()})"
     )
+    if len(runs) < 2:
+        return line
+    other = winner_spread.mean if winner_spread else winner_test_mse
+    whose = f"the winner's {winner_spread.seeds}-seed mean" if winner_spread else "the winner's"
+    arm_spread = SeedSpread.of([r["test_mse"] for r in runs])
+    return f"{line}; its {arm_spread.text(other)} ({whose})"

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # imported where used: the CLIs import this module before the
     from balm_tune.importance import Importances
     from balm_tune.storage import Location
     from core.baselines import Metrics
-    from core.significance import DieboldMariano
+    from core.significance import DieboldMariano, SeedSpread
 
 SPACE = "search_space.yaml"
 JOURNAL = "optuna.journal"
@@ -399,6 +399,14 @@ class Summary:
             for name, scores in self.baselines.items()
             if scores.get("significance_on_test")
         }
+
+    def seed_spread(self) -> SeedSpread | None:
+        """The winner's test MSE over its own seed and the --final-seeds seeds; None without final seeds."""
+        from core.significance import SeedSpread
+
+        if not (self.has_winner and self.final_seeds):
+            return None
+        return SeedSpread.of([self.test["test_mse"], *(run["test_mse"] for run in self.final_seeds["runs"])])
 
     def baseline_scores(self) -> dict[str, dict[str, Metrics]]:
         """Each baseline's validation and test scores, in core.baselines' order."""

@@ -71,6 +71,29 @@ class BaselineRow:
         }
 
 
+@dataclass
+class AblationRow:
+    """An ablation arm's line of baselines.csv (--ablations): the winner's config retrained as the arm, its
+    figures the means over its seeds (summary.json `ablations.<arm>`), on the baselines' windows."""
+
+    arm: str
+    description: str  # balm_tune.closing.ARMS
+    figures: dict[str, Any]
+    val_windows: int
+
+    def columns(self) -> dict[str, Any]:
+        f, tested = self.figures, self.figures["significance_on_test"]
+        return {
+            "baseline": f"ablation {self.arm}",
+            "description": self.description,
+            **{"val_mse": f["best_val_mse_mean"], "val_mae": f["best_val_mae_mean"], "val_windows": self.val_windows},
+            **{"test_mse": f["test_mse_mean"], "test_mae": f["test_mae_mean"], "test_windows": f["test_windows"]},
+            **{"seeds": len(f["runs"]), "test_mse_std": f["test_mse_std"], "test_mae_std": f["test_mae_std"]},
+            **{"parameters": f["parameters"], "step_seconds": f["step_seconds_mean"]},
+            "winner_vs_it_p_value": tested["p_value"],  # the Diebold-Mariano test on the winner's seed
+        }
+
+
 def leaderboard(results: ResultGrid, space: SearchSpace) -> list[TrialRow]:
     """One row per trial, best first; failed trials last."""
     rows = []
@@ -116,12 +139,17 @@ def _ended(results: ResultGrid) -> list[bool]:
     return [saved.get(result.path) in ("TERMINATED", "ERROR") for result in results]
 
 
-def baseline_rows(baselines: dict[str, dict]) -> list[BaselineRow]:
-    """baselines.csv's rows, from the summary's `baselines` (scored on the trials' windows)."""
-    return [BaselineRow(name, BASELINES[name], scores["val"], scores["test"]) for name, scores in baselines.items()]
+def baseline_rows(baselines: dict[str, dict], ablations: dict[str, dict] | None = None) -> list[Row]:
+    """baselines.csv's rows, from the summary's `baselines` (scored on the trials' windows) and, after
+    --ablations, its `ablations` (the arms' means over seeds, with their own columns)."""
+    from balm_tune.closing import ARMS
+
+    rows: list[Row] = [BaselineRow(name, BASELINES[name], s["val"], s["test"]) for name, s in baselines.items()]
+    val_windows = next(iter(baselines.values()))["val"]["windows"] if baselines else 0
+    return rows + [AblationRow(arm, ARMS[arm], f, val_windows) for arm, f in (ablations or {}).items()]
 
 
-Row = TrialRow | BaselineRow
+Row = TrialRow | BaselineRow | AblationRow
 
 
 def write_rows(rows: list[Row], path: Path) -> None:
@@ -138,10 +166,12 @@ def leaderboard_frame(rows: list[Row]):
 
 
 def _csv_text(rows: list[Row]) -> str:
-    """The columns of the first row (trial rows have them all) for every row."""
+    """Every row's columns, in the order they first appear (trial rows have them all; ablation rows add
+    theirs after the baselines'); a row without a column leaves it empty."""
     columns = [row.columns() for row in rows]
+    names = list(dict.fromkeys(name for row in columns for name in row))
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(columns[0]) if columns else ["trial_id"])
+    writer = csv.DictWriter(text, fieldnames=names or ["trial_id"])
     writer.writeheader()
     writer.writerows(columns)
     return text.getvalue()

@@ -328,7 +328,7 @@ def _ablation_rows(summary: Summary, verdicts: list[str]) -> list[str]:
             f'<td class="{"yes" if beaten_on_val else "no"}">{"yes" if beaten_on_val else "NO"}</td>'
             f'<td class="{"yes" if word == "beats" else "no"}">{e(shown)} ({e(tested.p_text())})</td></tr>'
         )
-        line = ablation_line(arm, result, scores["test"].mse)
+        line = ablation_line(arm, result, scores["test"].mse, summary.seed_spread())
         verdicts.append(f'<li class="{"yes" if word == "beats" else "no"}">{e(line)}</li>')
     return rows
 
@@ -361,7 +361,7 @@ def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> lis
             + "".join(f'<td class="n">{v:.4g}</td>' for s in ("val", "test") for v in (scores[s].mse, scores[s].mae))
             + "<td></td><td></td></tr>"
         )
-    verdicts, tests = [], summary.significance()
+    verdicts, tests, spread = [], summary.significance(), summary.seed_spread()
     for name, result in baselines.items():
         cells = "".join(
             f'<td class="n">{getattr(result[s], m):.4g}</td>' for s in ("val", "test") for m in ("mse", "mae")
@@ -373,7 +373,7 @@ def _baseline_html(summary: Summary, val_windows: str, test_windows: str) -> lis
                 shown = _verdict_cell(word)
                 shown += f" ({test.p_text()})" if test is not None and test.p_value is not None else ""
                 cells += f'<td class="{"yes" if word == "beats" else "no"}">{e(shown)}</td>'
-            line = comparison(name, scores, result, who="the winner", tests=tests.get(name))
+            line = comparison(name, scores, result, who="the winner", tests=tests.get(name), spread=spread)
             verdicts.append(f'<li class="{"yes" if said == ["beats", "beats"] else "no"}">{e(line)}</li>')
         lines.append(f"<tr><td>{e(BASELINES[name])}</td>{cells}</tr>")
     lines += _ablation_rows(summary, verdicts) if has_winner else []

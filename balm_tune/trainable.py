@@ -125,6 +125,7 @@ def train_balm(params: dict, shared: SharedInputs) -> None:
         tune.report(
             {
                 "best_val_mse": trainer.best["val_mse"],
+                "best_val_mae": trainer.best["val_mae"],
                 "test_mse": test.mse,
                 "test_mae": test.mae,
                 "test_windows": test.windows,

@@ -242,7 +242,10 @@ def run_ablations(
     return retrain(shared, experiment.child(ABLATIONS), params, {"seed": seeds, "text_branch": arms}, concurrent)
 
 
-RETRAINED = ("test_mse", "test_mae", "test_windows", "test_window_mse", "best_val_mse", "parameters", "step_seconds")
+RETRAINED = (
+    *("test_mse", "test_mae", "test_windows", "test_window_mse", "best_val_mse", "best_val_mae"),
+    *("parameters", "step_seconds"),
+)
 
 
 def retrain(shared: SharedInputs, folder: Location, params: dict, grid: dict[str, list], concurrent: int) -> list[dict]:

@@ -19,7 +19,7 @@ import torch
 
 from core.config import BalmConfig
 from core.data import ForecastData, WindowSet
-from core.significance import DieboldMariano, diebold_mariano, window_losses
+from core.significance import DieboldMariano, SeedSpread, diebold_mariano, window_losses
 
 CHUNK = 4096  # windows per block when fitting or scoring (bounded memory at T=512, H=720)
 BASELINES = {"repeat_last": "repeat-last value", "linear": "linear (least squares, look-back -> horizon)"}
@@ -159,14 +159,17 @@ def comparison(
     baseline: dict[str, Metrics],
     who: str = "the model",
     tests: dict[str, DieboldMariano] | None = None,
+    spread: SeedSpread | None = None,
 ) -> str:
     """One line: the baseline's scores and whether `who` beats it (lower MSE) on each split, with the
-    p-value of the split's Diebold-Mariano test where `tests` has one."""
+    p-value of the split's Diebold-Mariano test where `tests` has one and, with `spread` (`who`'s test
+    MSE over several seeds), whether its mean +- std excludes the baseline's test MSE."""
     tests = tests or {}
     scores = ", ".join(f"{split} {baseline[split].describe()}" for split in baseline)
     verdicts = []
     for split in (split for split in baseline if split in model):
         a, b, test = model[split].mse, baseline[split].mse, tests.get(split)
         figures = f"{a:.4f} vs {b:.4f}" + (f", {test.p_text()}" if test is not None else "")
+        figures += f"; {spread.text(b)}" if spread is not None and split == "test" else ""
         verdicts.append(f"{verdict(a, b, test)} it on {split} ({figures})")
     return f"baseline {BASELINES[name]}: {scores}; {who} " + " and ".join(verdicts)

@@ -17,6 +17,7 @@ estimate that is not positive, it says it does not apply instead of printing a n
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,3 +83,28 @@ def diebold_mariano(loss_a: torch.Tensor, loss_b: torch.Tensor, horizon: int) ->
     dm = mean / math.sqrt(variance / t)
     statistic = dm * math.sqrt((t + 1 - 2 * h + h * (h - 1) / t) / t)
     return DieboldMariano(t, mean, statistic, float(2 * stats.t.sf(abs(statistic), df=t - 1)))
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """A figure over several training seeds: its mean, sample std and whether the interval mean +- std
+    excludes another figure (a baseline's, or the winner's beside an ablation arm). The spread is the
+    seeds', not the windows': a difference inside it can come from the seed alone."""
+
+    mean: float
+    std: float
+    seeds: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> SeedSpread:
+        values = [float(v) for v in values]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), std, len(values))
+
+    def excludes(self, other: float) -> bool:
+        return abs(other - self.mean) > self.std
+
+    def text(self, other: float) -> str:
+        """'4 seeds 0.3926 +- 0.0024 excludes 0.3951' (or 'includes')."""
+        word = "excludes" if self.excludes(other) else "includes"
+        return f"{self.seeds} seeds {self.mean:.4f} +- {self.std:.4f} {word} {other:.4f}"

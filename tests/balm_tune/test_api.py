@@ -54,16 +54,20 @@ def test_a_half_created_experiment_holding_only_its_space_can_be_resumed(tmp_pat
 def test_ablations_retrain_the_winners_config_without_its_llm_and_test_the_winner_against_each(tmp_path):
     arms = ["no_llm", "llm2attn", "random_llm"]
     space = write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1})
-    result = run_search(space, name="arms", storage=tmp_path / "runs", ablations=arms, max_train_batches=2)
+    result = run_search(
+        space, name="arms", storage=tmp_path / "runs", ablations=arms, final_seeds=1, max_train_batches=2
+    )
     summary = result.summary
     assert list(summary.ablations) == arms
     for arm, scores in summary.ablations.items():
-        (run,) = scores["runs"]  # no --final-seeds: the winner's own seed only
+        run, other = scores["runs"]  # the winner's own seed, then the --final-seeds one
         assert run["seed"] == result.best_config.seed and run["text_branch"] == arm
+        assert other["seed"] == run["seed"] + 1
         assert scores["test_windows"] == summary.test["test_windows"] == 19_999  # the winner's windows
         tested = DieboldMariano(**scores["significance_on_test"])  # 2,857 windows of 7 variables
         assert tested.windows == 2_857 and tested.mean_difference == pytest.approx(
-            summary.test["test_mse"] - scores["test_mse_mean"], abs=1e-9
+            summary.test["test_mse"] - run["test_mse"],
+            abs=1e-9,  # paired with the arm's run on the winner's seed
         )
         assert scores["tested_run"] == {"seed": run["seed"], "test_mse": run["test_mse"]}  # what the test paired
         word = verdict(summary.test["test_mse"], run["test_mse"], tested)
@@ -78,6 +82,34 @@ def test_ablations_retrain_the_winners_config_without_its_llm_and_test_the_winne
     assert "test_window_mse" not in saved["no_llm"]["runs"][0]  # per-window errors are not kept
     page = (result.experiment / "report" / "index.html").read_text()
     assert all(f">ablation {arm}</td>" in page for arm in arms)  # a row per arm beside the baselines
+    # baselines.csv: a row per arm after the baselines, with the arms' own columns (empty for the baselines)
+    rows = pd.read_csv(result.experiment / "baselines.csv")
+    assert list(rows["baseline"]) == ["repeat_last", "linear", *(f"ablation {arm}" for arm in arms)]
+    assert list(rows["baseline"]) == list(result.baselines["baseline"])
+    arm_rows = rows.set_index("baseline").loc[[f"ablation {arm}" for arm in arms]]
+    assert list(arm_rows["seeds"]) == [2, 2, 2] and list(arm_rows["parameters"]) == list(parameters.values())
+    assert list(arm_rows["test_mse"]) == pytest.approx([summary.ablations[a]["test_mse_mean"] for a in arms])
+    assert rows.set_index("baseline").loc[["repeat_last", "linear"], "parameters"].isna().all()
+
+
+def test_with_several_seeds_each_comparison_says_whether_the_seeds_interval_excludes_the_other_figure(tmp_path):
+    space = write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1})
+    result = run_search(
+        space, name="spread", storage=tmp_path / "runs", ablations=["no_llm"], final_seeds=2, max_train_batches=2
+    )
+    summary = result.summary
+    winner = [summary.test["test_mse"], *(run["test_mse"] for run in summary.final_seeds["runs"])]
+    spread = summary.seed_spread()
+    assert spread.seeds == 3 and spread.mean == pytest.approx(sum(winner) / 3)
+    for scores in summary.baselines.values():  # the winner's 3 seeds against each baseline's test MSE
+        other = scores["test"]["mse"]
+        word = "excludes" if abs(other - spread.mean) > spread.std else "includes"
+        assert f"; 3 seeds {spread.mean:.4f} +- {spread.std:.4f} {word} {other:.4f})" in result.text
+    arm = summary.ablations["no_llm"]  # the arm's 3 seeds against the winner's 3-seed mean
+    word = "excludes" if abs(spread.mean - arm["test_mse_mean"]) > arm["test_mse_std"] else "includes"
+    said = f"its 3 seeds {arm['test_mse_mean']:.4f} +- {arm['test_mse_std']:.4f} {word} {spread.mean:.4f}"
+    assert f"{said} (the winner's 3-seed mean)" in result.text
+    assert said in (result.experiment / "report" / "index.html").read_text()
 
 
 def test_an_unknown_ablation_arm_is_one_line_before_anything_starts(tmp_path):

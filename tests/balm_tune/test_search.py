@@ -121,7 +121,7 @@ def test_the_winner_is_tested_on_every_test_window_beside_baselines_scored_on_th
         assert test.mean_difference == pytest.approx(summary["test"]["test_mse"] - scores["test"]["mse"], abs=1e-9)
         expected = verdict_of(summary["test"]["test_mse"], scores["test"]["mse"], test)
         assert f"{expected} it on test ({summary['test']['test_mse']:.4f} vs {scores['test']['mse']:.4f}, " in out
-        assert f"{scores['test']['mse']:.4f}, {test.p_text()})" in out
+        assert f"{scores['test']['mse']:.4f}, {test.p_text()}; 3 seeds " in out  # the winner's and --final-seeds 2
     # the linear baseline, refitted here by hand on every training window, scores the same on test
     x = data.train.inputs(torch.arange(len(data.train))).double()
     y = data.train.targets(torch.arange(len(data.train))).double()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from core.significance import diebold_mariano, window_losses
+from core.significance import SeedSpread, diebold_mariano, window_losses
 
 
 def _losses(differences: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,3 +72,11 @@ def test_rows_of_one_window_count_once_with_their_mean_loss():
     losses = torch.tensor([1.0, 2.0, 3.0, 5.0, 6.0, 7.0])
     starts = torch.tensor([0, 1, 2, 0, 1, 2])
     assert window_losses(losses, starts).tolist() == [3.0, 4.0, 5.0]
+
+
+def test_a_seed_spread_is_the_mean_and_sample_std_and_excludes_what_lies_beyond_one_std():
+    spread = SeedSpread.of([1.0, 2.0, 3.0])
+    assert (spread.mean, spread.std, spread.seeds) == (2.0, 1.0, 3)
+    assert spread.excludes(3.5) and spread.excludes(0.5) and not spread.excludes(2.9)
+    assert spread.text(3.5) == "3 seeds 2.0000 +- 1.0000 excludes 3.5000"
+    assert SeedSpread.of([0.4]).std == 0.0  # one seed: no spread, so any other figure is excluded
