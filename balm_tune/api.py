@@ -30,7 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from balm_tune.cluster import Cluster
-from balm_tune.experiment import JOURNAL, SPACE, TRIAL_FILES, Experiment, Summary, Windows, Winner
+from balm_tune.experiment import (
+    ABLATION_SEARCHES,
+    ABLATIONS,
+    JOURNAL,
+    SPACE,
+    TRIAL_FILES,
+    Experiment,
+    Summary,
+    Windows,
+    Winner,
+)
 from balm_tune.optuna_search import close_study, finished_trials, stall_of
 from balm_tune.outcome import DIVERGED_FACTOR, Outcome
 from balm_tune.space import DEFAULT_SPACE, SearchSpace, SpaceError, check_ablations, load_points, load_space
@@ -61,6 +71,8 @@ class SearchPlan:
     ablations: tuple[str, ...] = ()  # core.config.ABLATIONS arms the winner's config is retrained as
     warm_start: WarmStart | None = None
     break_lock: bool = False  # --break-lock: take over the lock of a driver gone on another host
+    ablation_search: bool = False  # each arm searched first (its own experiment), then its winner retrained
+    address: str | None = None  # where the trials run (None: a local Ray), for the arms' searches
 
 
 @dataclass
@@ -98,6 +110,7 @@ def prepare_search(
     mlflow: str | None = None,
     wandb: str | None = None,
     ablations: list[str] | tuple[str, ...] = (),
+    ablation_search: bool | None = None,
     **overrides: Any,
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
@@ -112,7 +125,9 @@ def prepare_search(
     machine's device and CPUs are not checked. `enqueue`: configs (or a YAML file of them) evaluated first,
     after the space's own `enqueue`; `warm_start`: a finished experiment (local folder, or name under a local
     `storage`) whose Optuna study seeds the sampler. `ablations`: arms of core.config.ABLATIONS the winner's
-    config is retrained as after the search, on the winner's seed and the final seeds (docs/usage.md).
+    config is retrained as after the search, on the winner's seed and the final seeds (docs/usage.md);
+    with `ablation_search` (default: the space's `ablations: {search: ...}`) each arm is first searched
+    with this space and budget, and its own winner is retrained instead.
     """
     check_ablations(ablations)
     if resume and not name:
@@ -145,7 +160,9 @@ def prepare_search(
     if taken and not resume:
         raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
     arms = tuple(ablations or space.ablations)  # --ablations wins over the space's list
-    return SearchPlan(space, data, experiment, resume, trust_experiment, auto_gpus, trackers, arms, seeds, break_lock)
+    searched = space.ablation_search if ablation_search is None else ablation_search
+    plan = SearchPlan(space, data, experiment, resume, trust_experiment, auto_gpus, trackers, arms, seeds, break_lock)
+    return dataclasses.replace(plan, ablation_search=bool(searched and arms), address=address)
 
 
 def _with_flags(space: SearchSpace, overrides: dict, flags: dict, enqueue: str | Path | list[dict] | None):
@@ -440,9 +457,9 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
     against each baseline and, with `final_seeds`, the winner retrained on further seeds."""
     import ray
 
-    from balm_tune.export import baseline_rows, export_winner, write_rows
+    from balm_tune.export import export_winner
     from balm_tune.trainable import evaluate_checkpoint
-    from balm_tune.tuner import run_ablations, run_final_seeds
+    from balm_tune.tuner import run_final_seeds
     from core.baselines import significance
 
     space, shared, data, experiment = ready.space, ready.shared, plan.data, plan.experiment
@@ -483,18 +500,55 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
         runs = run_final_seeds(space, shared, experiment.location, best.params, final_seeds, ready.concurrent)
         summary.final_seeds = {"runs": [_saved_run(r) for r in runs], **_means(runs, ("test_mse", "test_mae"))}
     if plan.ablations:
-        seeds = [config.seed + i for i in range(final_seeds + 1)]  # the winner's own seed, then the final seeds'
-        say(
-            f"retraining the winner's config as {', '.join(plan.ablations)} on {len(seeds)} seed(s), "
-            "each scored on every test window"
-        )
-        runs = run_ablations(
-            space, shared, experiment.location, best.params, list(plan.ablations), seeds, ready.concurrent
-        )
-        summary.ablations = ablation_summary(runs, test, config)
-        collected.baselines = baseline_rows(summary.baselines, summary.ablations)  # the arms' rows too
-        write_rows(collected.baselines, experiment.baselines)
+        run_arms(plan, ready, collected, test, final_seeds)
     collected.best_config = BalmConfig.load(experiment.config)
+
+
+def run_arms(plan: SearchPlan, ready: Started, collected: Collected, test: Any, final_seeds: int) -> None:
+    """The ablation arms retrained (the winner's params, or each arm's own winner's when searched) on the
+    winner's seed and the final seeds; summary.ablations and baselines.csv's arm rows."""
+    from balm_tune.export import baseline_rows, write_rows
+    from balm_tune.tuner import run_ablations
+
+    summary, shared, experiment = collected.summary, ready.shared, plan.experiment
+    config = shared.trial_config(collected.winner.params)
+    seeds = [config.seed + i for i in range(final_seeds + 1)]  # the winner's own seed, then the final seeds'
+    searched = search_arms(plan) if plan.ablation_search else {}
+    whose = "each arm's winner" if searched else "the winner's config"
+    say(f"retraining {whose} as {', '.join(plan.ablations)} on {len(seeds)} seed(s), each scored on every test window")
+    folder = experiment.location.child(ABLATIONS)
+    if searched:  # each arm's own winner, retrained in ablations/<arm>
+        runs = [
+            run
+            for arm, params in searched.items()
+            for run in run_ablations(shared, folder.child(arm), params, [arm], seeds, ready.concurrent)
+        ]
+    else:
+        runs = run_ablations(shared, folder, collected.winner.params, list(plan.ablations), seeds, ready.concurrent)
+    summary.ablations = ablation_summary(runs, test, config)
+    for arm, params in searched.items():
+        summary.ablations[arm]["searched"] = {"params": params, "experiment": f"{ABLATION_SEARCHES}/{arm}"}
+    collected.baselines = baseline_rows(summary.baselines, summary.ablations)  # the arms' rows too
+    write_rows(collected.baselines, experiment.baselines)
+
+
+def search_arms(plan: SearchPlan) -> dict[str, dict]:
+    """Each ablation arm searched with the plan's space (SearchSpace.for_arm) and budget, as its own
+    experiment in <experiment>/ablation_searches/<arm> (continued if it exists); each arm's winner's params."""
+    found, parent = {}, plan.experiment
+    storage, out = parent.location.child(ABLATION_SEARCHES).uri, parent.folder / ABLATION_SEARCHES
+    for arm in plan.ablations:
+        say(f"searching the ablation {arm} with the same space and budget ({ABLATION_SEARCHES}/{arm})")
+        resume = Experiment.open(storage, arm, out).taken() is not None
+        space = plan.space.for_arm(arm)
+        arm_plan = prepare_search(space, name=arm, storage=storage, out=out, address=plan.address, resume=resume)
+        result = execute(arm_plan, address=plan.address)
+        if result.summary is None or not result.summary.has_winner:
+            from balm_tune.export import ExportError
+
+            raise ExportError(f"the search of ablation {arm} found no winner; see {result.paths.get('leaderboard')}")
+        found[arm] = result.summary.params
+    return found
 
 
 def ablation_summary(runs: list[dict], winner: Any, config: BalmConfig) -> dict[str, Any]:

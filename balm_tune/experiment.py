@@ -17,6 +17,7 @@ closing lines (balm_tune.closing), the report and bench/ read it back.
       driver.lock         while a driver runs the search: its host and pid (one driver per experiment)
       <trial>/result.json Ray's per-trial results              final_seeds/   the winner retrained
                                                                ablations/     its config without the LLM
+                                                               ablation_searches/<arm>/  each arm searched
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ TRIAL_RESULT = "result.json"  # Ray's, in every trial's folder
 LOCK = "driver.lock"
 FINAL_SEEDS = "final_seeds"
 ABLATIONS = "ablations"
+ABLATION_SEARCHES = "ablation_searches"  # <arm>/: a whole experiment per arm (ablations: {search: true})
 TENSORBOARD = "events.out.tfevents"  # the prefix of Ray's TensorBoard event files
 # what `python -m balm_tune.report` needs from a remote experiment: the exported files, then the trials'
 EXPORTED = (LEADERBOARD, SUMMARY, SPACE, CONFIG, CHECKPOINT)

@@ -112,6 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "al.'s ablations of the LLM) on its seed and the --final-seeds seeds, scored beside it on every test window",
     )
     p.add_argument(
+        "--search-ablations",
+        action="store_true",
+        default=None,
+        help="search each --ablations arm with the same space and budget (its own experiment) and retrain its "
+        "winner instead of the winner's config (the space's `ablations: {search: true}`)",
+    )
+    p.add_argument(
         "--mlflow",
         metavar="URI",
         help="log every trial's params and metrics to MLflow (e.g. sqlite:///mlflow.db or http://host:5000)",
@@ -167,7 +174,9 @@ def print_plan(plan: SearchPlan) -> None:
         f"  per trial: {space.cpus_per_trial} CPU, {'auto' if plan.auto_gpus else space.gpus_per_trial} GPU; "
         f"GPU budget: {space.gpu_budget.strip()}"
     )
-    if plan.ablations:
+    if plan.ablations and plan.ablation_search:
+        print(f"  after the search: {', '.join(plan.ablations)} each searched with this space and budget (ablations)")
+    elif plan.ablations:
         print(f"  after the search: the winner's config retrained as {', '.join(plan.ablations)} (ablations)")
     print(f"  experiment: {plan.experiment.uri}; results also in {plan.experiment.folder}")
 
@@ -206,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow=args.mlflow,
             wandb=args.wandb,
             ablations=args.ablations,
+            ablation_search=args.search_ablations,
             **parse_set_args(args.set),
         )
         print_plan(plan)

@@ -11,6 +11,7 @@
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
     seed: 0                                              # the Optuna sampler's seed
     ablations: [no_llm, llm2attn, random_llm]            # optional: the winner retrained as each arm (--ablations)
+    #   or {arms: [no_llm, ...], search: true}           # ... each arm searched with this space and budget instead
     horizons:  {96: {learning_rate: .., epochs: ..}, 336: {..}}   # optional, per pred_len
 
 `horizons` (the paper presets) holds each horizon's own values: the entry of the base's pred_len
@@ -43,7 +44,7 @@ from balm_tune.strategies import (
     parse_strategy,
     try_sampler,
 )
-from core.config import ABLATIONS, BalmConfig, ConfigError
+from core.config import ABLATIONS, UNUSED_BY_ARM, BalmConfig, ConfigError
 from core.errors import BalmError, shown
 from core.yamlio import read_yaml
 
@@ -149,6 +150,7 @@ class SearchSpace:
     gpu_budget: str = ""
     horizons: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     ablations: list[str] = dataclasses.field(default_factory=list)  # core.config.ABLATIONS arms (--ablations)
+    ablation_search: bool = False  # each arm searched (this space, its keys that apply; this budget), not retrained
 
     def trial_config(self, params: dict[str, Any]) -> BalmConfig:
         """The full core config of a trial: base + its sampled params, trained for max_epochs."""
@@ -201,8 +203,23 @@ class SearchSpace:
             "enqueue": self.enqueue,
             "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
             "seed": self.seed,
-            "ablations": self.ablations,
+            "ablations": {"arms": self.ablations, "search": True} if self.ablation_search else self.ablations,
         }
+
+    def for_arm(self, arm: str) -> SearchSpace:
+        """This space searching ablation `arm` (core.config.ABLATIONS): its base with `text_branch: arm`, the
+        searched and enqueued keys the arm does not use dropped (core.config.UNUSED_BY_ARM), no ablations."""
+        unused = UNUSED_BY_ARM.get(arm, ())
+        keep = {k: d for k, d in self.search.items() if k not in unused}
+        enqueue = [{k: v for k, v in point.items() if k in keep} for point in self.enqueue]
+        return dataclasses.replace(
+            self,
+            base=self.base.with_overrides({"text_branch": arm}, source=f"ablation {arm}"),
+            search=keep,
+            enqueue=[point for point in enqueue if point],
+            ablations=[],
+            ablation_search=False,
+        )
 
     def save(self, path: Path) -> None:
         """Write the resolved space (overrides and the horizon's values applied) so that `--resume` needs no flags."""
@@ -365,7 +382,7 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
         description=raw.get("description", ""),
         gpu_budget=raw.get("gpu_budget", ""),
         horizons=horizons,
-        ablations=check_ablations(raw.get("ablations") or [], f"search space {path}: 'ablations'"),
+        **_ablations(path, raw.get("ablations") or []),
     )
     if horizons:
         return space.with_base_overrides({})
@@ -381,6 +398,20 @@ def check_ablations(arms: Any, where: str = "--ablations") -> list[str]:
         if arm not in ABLATIONS:
             raise SpaceError(f"{where}: got {shown(arm)}, expected some of {', '.join(ABLATIONS)}")
     return list(arms)
+
+
+def _ablations(path: Path, raw: Any) -> dict[str, Any]:
+    """The `ablations` section: a list of arms, or {arms: [...], search: true|false}."""
+    where = f"search space {path}: 'ablations'"
+    if not isinstance(raw, dict):
+        return {"ablations": check_ablations(raw, where)}
+    for key in raw:
+        if key not in ("arms", "search"):
+            raise SpaceError(f"{where}: unknown key {shown(key)}, expected arms and search")
+    search = raw.get("search", False)
+    if not isinstance(search, bool):
+        raise SpaceError(f"{where}.search: got {shown(search)}, expected true or false")
+    return {"ablations": check_ablations(raw.get("arms") or [], f"{where}.arms"), "ablation_search": search}
 
 
 def _horizons(path: Path, raw: Any, base: BalmConfig) -> dict[int, dict[str, Any]]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from balm_tune.experiment import ABLATIONS, FINAL_SEEDS, ExperimentError
+from balm_tune.experiment import FINAL_SEEDS, ExperimentError
 from balm_tune.space import SearchSpace
 from balm_tune.storage import Location
 from balm_tune.trainable import SharedInputs, trial_trainable
@@ -235,11 +235,10 @@ def run_final_seeds(
 
 
 def run_ablations(
-    space: SearchSpace, shared: SharedInputs, experiment: Location, params: dict, arms: list[str], seeds: list[int],
-    concurrent: int,
-) -> list[dict]:  # fmt: skip
-    """Retrain the winner's config once per ablation arm (core.model's `text_branch`) and seed."""
-    return retrain(shared, experiment.child(ABLATIONS), params, {"seed": seeds, "text_branch": arms}, concurrent)
+    shared: SharedInputs, folder: Location, params: dict, arms: list[str], seeds: list[int], concurrent: int
+) -> list[dict]:
+    """Retrain `params` once per ablation arm (core.model's `text_branch`) and seed, in `folder`."""
+    return retrain(shared, folder, params, {"seed": seeds, "text_branch": arms}, concurrent)
 
 
 RETRAINED = (

@@ -27,6 +27,9 @@ class ConfigError(BalmError, ValueError):
 
 
 ABLATIONS = ("no_llm", "llm2attn", "random_llm")  # text_branch values other than llm: Tan et al.'s arms
+# the searchable keys an arm does not use (no_llm: no prompt, no contrastive term, no balanced scaling of the
+# text branch), dropped when an arm is searched (balm_tune.space.SearchSpace.for_arm)
+UNUSED_BY_ARM = {"no_llm": ("prompt_len", "contrastive_weight", "scale_factor")}
 
 
 @dataclass

@@ -116,3 +116,22 @@ def test_an_unknown_ablation_arm_is_one_line_before_anything_starts(tmp_path):
     with pytest.raises(SpaceError, match="--ablations: got 'nollm', expected some of no_llm, llm2attn, random_llm"):
         prepare_search(write_tiny_space(tmp_path), storage=tmp_path / "runs", ablations=["nollm"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_searched_ablations_search_each_arm_with_the_same_budget_and_retrain_its_own_winner(tmp_path, capsys):
+    space = write_tiny_space(tmp_path, budget={"num_samples": 2, "max_epochs": 1})
+    result = run_search(
+        space, name="searched", storage=tmp_path / "runs", ablations=["no_llm"], ablation_search=True,
+        max_train_batches=2,
+    )  # fmt: skip
+    arm = result.summary.ablations["no_llm"]
+    searched = result.experiment / "ablation_searches" / "no_llm"  # the arm's own experiment
+    trials = pd.read_csv(searched / "leaderboard.csv")
+    assert len(trials) == 2 and "prompt_len" not in trials and "learning_rate" in trials  # the same budget
+    own = json.loads((searched / "summary.json").read_text())
+    assert arm["searched"] == {"params": own["params"], "experiment": "ablation_searches/no_llm"}
+    assert own["params"]["learning_rate"] == pytest.approx(trials["learning_rate"].iloc[0])  # its winner's
+    (run,) = arm["runs"]  # its winner retrained on the winner's seed, paired with the winner on test
+    assert run["text_branch"] == "no_llm" and run["seed"] == result.best_config.seed
+    assert (result.experiment / "ablations" / "no_llm").is_dir()
+    assert "searching the ablation no_llm with the same space and budget" in capsys.readouterr().out

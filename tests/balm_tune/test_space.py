@@ -54,6 +54,9 @@ def test_default_space_is_the_cpu_quick_start():
         ({"resources": {"gpus_per_trial": -1}}, "'resources.gpus_per_trial': got -1, expected a number >= 0"),
         ({"ablations": ["no_llm", "nollm"]}, "'ablations': got 'nollm', expected some of no_llm, llm2attn, random_llm"),
         ({"ablations": "no_llm"}, "'ablations': got 'no_llm', expected a list of some of no_llm"),
+        ({"ablations": {"arms": ["no_llm"], "serch": True}}, "'ablations': unknown key 'serch', expected arms and"),
+        ({"ablations": {"arms": ["no_llm"], "search": "yes"}}, "'ablations'.search: got 'yes', expected true or"),
+        ({"ablations": {"arms": ["nollm"], "search": True}}, "'ablations'.arms: got 'nollm', expected some of"),
     ],
 )
 def test_bad_spaces_name_the_file_and_key(write_space, sections, message):
@@ -230,3 +233,19 @@ def test_a_space_can_ask_for_ablations_and_the_flag_wins(write_space, tmp_path):
     assert load_space(path).ablations == ["no_llm", "random_llm"]
     assert prepare_search(path, storage=tmp_path / "a").ablations == ("no_llm", "random_llm")
     assert prepare_search(path, storage=tmp_path / "b", ablations=["llm2attn"]).ablations == ("llm2attn",)
+
+
+def test_a_space_can_ask_for_each_arm_to_be_searched_with_the_keys_that_apply_to_it(write_space, tmp_path):
+    from balm_tune.api import prepare_search
+
+    path = write_space(ablations={"arms": ["no_llm", "llm2attn"], "search": True})
+    space = load_space(path)
+    assert space.ablations == ["no_llm", "llm2attn"] and space.ablation_search
+    assert space.to_dict()["ablations"] == {"arms": ["no_llm", "llm2attn"], "search": True}  # saved for --resume
+    assert prepare_search(path, storage=tmp_path / "a").ablation_search
+    assert not prepare_search(path, storage=tmp_path / "b", ablation_search=False).ablation_search  # the flag wins
+    no_llm = space.for_arm("no_llm")  # no prompt, no contrastive term, no scaling of a text branch: not searched
+    assert no_llm.base.text_branch == "no_llm" and not no_llm.ablations and not no_llm.ablation_search
+    assert set(no_llm.search) == set(space.search) - {"prompt_len", "contrastive_weight", "scale_factor"}
+    assert all(set(point) <= set(no_llm.search) for point in no_llm.enqueue)
+    assert set(space.for_arm("llm2attn").search) == set(space.search)  # every key applies to llm2attn
