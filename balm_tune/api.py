@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
-import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -161,8 +160,10 @@ def prepare_search(
         raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
     arms = tuple(ablations or space.ablations)  # --ablations wins over the space's list
     searched = space.ablation_search if ablation_search is None else ablation_search
-    plan = SearchPlan(space, data, experiment, resume, trust_experiment, auto_gpus, trackers, arms, seeds, break_lock)
-    return dataclasses.replace(plan, ablation_search=bool(searched and arms), address=address)
+    return SearchPlan(
+        space, data, experiment, resume, trust_experiment, auto_gpus, trackers, arms, seeds, break_lock,
+        ablation_search=bool(searched and arms), address=address,
+    )  # fmt: skip
 
 
 def _with_flags(space: SearchSpace, overrides: dict, flags: dict, enqueue: str | Path | list[dict] | None):
@@ -580,7 +581,11 @@ def _saved_run(run: dict) -> dict:
 
 
 def _means(runs: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
-    return {f"{k}_{s}": f(r[k] for r in runs) for k in keys for s, f in (("mean", statistics.fmean), ("std", _std))}
+    """`<key>_mean` and `<key>_std` over the runs (core.significance.SeedSpread: the sample std, 0 for one run)."""
+    from core.significance import SeedSpread
+
+    spreads = {k: SeedSpread.of([r[k] for r in runs]) for k in keys}
+    return {f"{k}_{s}": getattr(spread, s) for k, spread in spreads.items() for s in ("mean", "std")}
 
 
 def report(plan: SearchPlan, collected: Collected) -> SearchResult:
@@ -688,8 +693,3 @@ def versions() -> dict:
         "ray": ray.__version__,
         "optuna": optuna.__version__,
     }
-
-
-def _std(values) -> float:
-    values = list(values)
-    return statistics.stdev(values) if len(values) > 1 else 0.0

@@ -110,5 +110,5 @@ def ablation_line(arm: str, result: dict, winner_test_mse: float, winner_spread:
         return line
     other = winner_spread.mean if winner_spread else winner_test_mse
     whose = f"the winner's {winner_spread.seeds}-seed mean" if winner_spread else "the winner's"
-    arm_spread = SeedSpread.of([r["test_mse"] for r in runs])
+    arm_spread = SeedSpread(result["test_mse_mean"], result["test_mse_std"], len(runs))
     return f"{line}; its {arm_spread.text(other)} ({whose})"
