@@ -33,6 +33,7 @@ from balm_tune.experiment import (
     ABLATION_SEARCHES,
     ABLATIONS,
     JOURNAL,
+    OFFICIAL,
     SPACE,
     TRIAL_FILES,
     Experiment,
@@ -72,6 +73,8 @@ class SearchPlan:
     break_lock: bool = False  # --break-lock: take over the lock of a driver gone on another host
     ablation_search: bool = False  # each arm searched first (its own experiment), then its winner retrained
     address: str | None = None  # where the trials run (None: a local Ray), for the arms' searches
+    official: bool = False  # the space's first enqueued config (a preset's official one) retrained on the seeds
+    max_concurrent: int | None = None  # at most this many trials at once (None: as many as the cluster holds)
 
 
 @dataclass
@@ -110,6 +113,8 @@ def prepare_search(
     wandb: str | None = None,
     ablations: list[str] | tuple[str, ...] = (),
     ablation_search: bool | None = None,
+    official: bool = False,
+    max_concurrent_trials: int | None = None,
     **overrides: Any,
 ) -> SearchPlan:
     """Resolve and check a search without starting anything (raises a core.errors.BalmError).
@@ -126,9 +131,13 @@ def prepare_search(
     `storage`) whose Optuna study seeds the sampler. `ablations`: arms of core.config.ABLATIONS the winner's
     config is retrained as after the search, on the winner's seed and the final seeds (docs/usage.md);
     with `ablation_search` (default: the space's `ablations: {search: ...}`) each arm is first searched
-    with this space and budget, and its own winner is retrained instead.
+    with this space and budget, and its own winner is retrained instead. `official`: the space's first
+    enqueued config (a preset's official configuration) is retrained on the same seeds as the winner, for
+    the campaign's table (balm_tune.campaign); `max_concurrent_trials`: a share of the cluster (a campaign
+    running several searches at once on it).
     """
     check_ablations(ablations)
+    _check_positive(max_concurrent_trials, "--max-concurrent-trials")
     if resume and not name:
         raise SpaceError("--resume needs --name of the experiment to continue")
     if resume and (enqueue is not None or warm_start is not None):
@@ -155,6 +164,10 @@ def prepare_search(
     data = preflight(space.base, variants=space.edge_configs(), local=address in (None, "local"))
     if not break_lock:
         experiment.check_unlocked()  # a driver runs it now: say so, not "exists"
+    if official and not space.enqueue:
+        raise SpaceError(
+            f"--official: search space {space.path} enqueues no config to retrain (its 'enqueue' is empty)"
+        )
     taken = experiment.taken()
     if taken and not resume:
         raise SpaceError(f"{taken} exists; continue it with --resume or choose another --name")
@@ -162,7 +175,8 @@ def prepare_search(
     searched = space.ablation_search if ablation_search is None else ablation_search
     return SearchPlan(
         space, data, experiment, resume, trust_experiment, auto_gpus, trackers, arms, seeds, break_lock,
-        ablation_search=bool(searched and arms), address=address,
+        ablation_search=bool(searched and arms), address=address, official=official,
+        max_concurrent=max_concurrent_trials,
     )  # fmt: skip
 
 
@@ -236,6 +250,12 @@ def run_search(
 def check_final_seeds(final_seeds: Any) -> None:
     if not isinstance(final_seeds, int) or isinstance(final_seeds, bool) or final_seeds < 0:
         raise SpaceError(f"--final-seeds: got {final_seeds!r}, expected an integer >= 0")
+
+
+def _check_positive(value: Any, flag: str) -> None:
+    """None, or an integer >= 1."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise SpaceError(f"{flag}: got {value!r}, expected an integer >= 1")
 
 
 def execute(plan: SearchPlan, address: str | None = None, final_seeds: int = 0, verbose: bool = False) -> SearchResult:
@@ -346,7 +366,8 @@ def start(plan: SearchPlan, address: str | None, verbose: bool = False) -> Start
     if plan.auto_gpus:
         space = dataclasses.replace(space, gpus_per_trial=auto_gpus_per_trial(cluster, shared))
         shared = dataclasses.replace(shared, space=space)
-        concurrent = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
+        held = cluster.trials_at_once(space.cpus_per_trial, space.gpus_per_trial)
+        concurrent = min(held, plan.max_concurrent or held)
     resources = ray.cluster_resources()
     print(
         f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs now; up to {concurrent} trials "
@@ -500,6 +521,8 @@ def export(plan: SearchPlan, ready: Started, collected: Collected, final_seeds: 
         say(f"retraining the winner on {final_seeds} further seeds, each scored on every test window")
         runs = run_final_seeds(space, shared, experiment.location, best.params, final_seeds, ready.concurrent)
         summary.final_seeds = {"runs": [_saved_run(r) for r in runs], **_means(runs, ("test_mse", "test_mae"))}
+    if plan.official:
+        run_official(plan, ready, collected, test, final_seeds)
     if plan.ablations:
         run_arms(plan, ready, collected, test, final_seeds)
     collected.best_config = BalmConfig.load(experiment.config)
@@ -513,7 +536,7 @@ def run_arms(plan: SearchPlan, ready: Started, collected: Collected, test: Any, 
 
     summary, shared, experiment = collected.summary, ready.shared, plan.experiment
     config = shared.trial_config(collected.winner.params)
-    seeds = [config.seed + i for i in range(final_seeds + 1)]  # the winner's own seed, then the final seeds'
+    seeds = winner_seeds(config, final_seeds)
     searched = search_arms(plan) if plan.ablation_search else {}
     whose = "each arm's winner" if searched else "the winner's config"
     say(f"retraining {whose} as {', '.join(plan.ablations)} on {len(seeds)} seed(s), each scored on every test window")
@@ -531,6 +554,23 @@ def run_arms(plan: SearchPlan, ready: Started, collected: Collected, test: Any, 
         summary.ablations[arm]["searched"] = {"params": params, "experiment": f"{ABLATION_SEARCHES}/{arm}"}
     collected.baselines = baseline_rows(summary.baselines, summary.ablations)  # the arms' rows too
     write_rows(collected.baselines, experiment.baselines)
+
+
+def run_official(plan: SearchPlan, ready: Started, collected: Collected, test: Any, final_seeds: int) -> None:
+    """The space's first enqueued config (a preset's official configuration, trial 0 of the search) retrained
+    on the winner's seed and the final seeds, each scored on every test window: summary.official."""
+    from balm_tune.tuner import retrain
+
+    config = ready.shared.trial_config(collected.winner.params)
+    params, seeds = ready.space.enqueue[0], winner_seeds(config, final_seeds)
+    say(f"retraining the space's first enqueued config (the official one of a preset) on {len(seeds)} seed(s)")
+    runs = retrain(ready.shared, plan.experiment.location.child(OFFICIAL), params, {"seed": seeds}, ready.concurrent)
+    collected.summary.official = {"params": params, **retrained_summary(runs, test, config)}
+
+
+def winner_seeds(config: BalmConfig, final_seeds: int) -> list[int]:
+    """The winner's own seed, then the --final-seeds seeds (balm_tune.tuner.run_final_seeds')."""
+    return [config.seed + i for i in range(final_seeds + 1)]
 
 
 def search_arms(plan: SearchPlan) -> dict[str, dict]:
@@ -553,26 +593,28 @@ def search_arms(plan: SearchPlan) -> dict[str, dict]:
 
 
 def ablation_summary(runs: list[dict], winner: Any, config: BalmConfig) -> dict[str, Any]:
-    """Per arm: its runs, the means and stds over seeds, and the Diebold-Mariano test of the winner
-    against the arm's run on the winner's own seed (same windows)."""
+    """Per arm: its retrained_summary."""
+    arms = dict.fromkeys(r["text_branch"] for r in runs)
+    return {arm: retrained_summary([r for r in runs if r["text_branch"] == arm], winner, config) for arm in arms}
+
+
+def retrained_summary(runs: list[dict], winner: Any, config: BalmConfig) -> dict[str, Any]:
+    """One config's retrainings on several seeds: its runs, the means and stds over seeds, and the
+    Diebold-Mariano test of the winner against its run on the winner's own seed (same windows)."""
     import torch
 
     from core.significance import diebold_mariano
 
-    arms = {}
-    for arm in dict.fromkeys(r["text_branch"] for r in runs):
-        own = [r for r in runs if r["text_branch"] == arm]
-        same_seed = next(r for r in own if r["seed"] == config.seed)
-        tested = diebold_mariano(winner.window_mse, torch.tensor(same_seed["test_window_mse"]), config.pred_len)
-        arms[arm] = {
-            "runs": [_saved_run(r) for r in own],
-            **_means(own, ("best_val_mse", "best_val_mae", "test_mse", "test_mae", "step_seconds")),
-            "parameters": same_seed["parameters"],
-            "test_windows": same_seed["test_windows"],
-            "significance_on_test": tested.to_dict(),
-            "tested_run": {"seed": config.seed, "test_mse": same_seed["test_mse"]},  # what the test compared
-        }
-    return arms
+    same_seed = next(r for r in runs if r["seed"] == config.seed)
+    tested = diebold_mariano(winner.window_mse, torch.tensor(same_seed["test_window_mse"]), config.pred_len)
+    return {
+        "runs": [_saved_run(r) for r in runs],
+        **_means(runs, ("best_val_mse", "best_val_mae", "test_mse", "test_mae", "step_seconds")),
+        "parameters": same_seed["parameters"],
+        "test_windows": same_seed["test_windows"],
+        "significance_on_test": tested.to_dict(),
+        "tested_run": {"seed": config.seed, "test_mse": same_seed["test_mse"]},  # what the test compared
+    }
 
 
 def _saved_run(run: dict) -> dict:
@@ -662,7 +704,8 @@ def trials_at_once(plan: SearchPlan, cluster: Cluster) -> int:
     """How many of the plan's trials the cluster holds at once (ClusterError when not even one);
     with `--gpus-per-trial auto` a GPU cluster is sized for a whole GPU per trial until the probe ran."""
     gpus = (1.0 if cluster.has_gpus else 0.0) if plan.auto_gpus else plan.space.gpus_per_trial
-    return cluster.trials_at_once(plan.space.cpus_per_trial, gpus)
+    held = cluster.trials_at_once(plan.space.cpus_per_trial, gpus)
+    return min(held, plan.max_concurrent or held)
 
 
 def check_cluster(plan: SearchPlan, address: str | None = None) -> int:

@@ -64,6 +64,8 @@ def _summary(result: SearchResult) -> list[str]:
         )
     lines.append(summary.importances.line())
     spread = summary.seed_spread()
+    if summary.official:
+        lines.append(retrained_line(OFFICIAL_LINE, summary.official, scores["test"].mse, spread))
     for arm, figures in (summary.ablations or {}).items():
         lines.append(ablation_line(arm, figures, scores["test"].mse, spread))
     tests = summary.significance()
@@ -82,6 +84,7 @@ def _summary(result: SearchResult) -> list[str]:
     return lines
 
 
+OFFICIAL_LINE = "official config (the space's first enqueued one, retrained)"
 ARMS = {  # what each ablation arm is, in the words of a line (core/model.py; Tan et al. 2024)
     "no_llm": "no LLM: the head reads the patches",
     "llm2attn": "the LLM replaced by one trainable attention layer",
@@ -90,9 +93,14 @@ ARMS = {  # what each ablation arm is, in the words of a line (core/model.py; Ta
 
 
 def ablation_line(arm: str, result: dict, winner_test_mse: float, winner_spread: SeedSpread | None = None) -> str:
-    """One line per ablation arm: its figures over seeds, the winner's verdict against it on test (the
-    paired test) and, with several seeds, whether the arm's mean +- std excludes the winner's figure (the
-    winner's seeds' mean when it has `winner_spread`, else its test MSE)."""
+    """One line per ablation arm (retrained_line)."""
+    return retrained_line(f"ablation {arm} ({ARMS[arm]})", result, winner_test_mse, winner_spread)
+
+
+def retrained_line(what: str, result: dict, winner_test_mse: float, winner_spread: SeedSpread | None = None) -> str:
+    """One line per retrained config (an ablation arm, the official config): its figures over seeds, the
+    winner's verdict against it on test (the paired test) and, with several seeds, whether its mean +- std
+    excludes the winner's figure (the winner's seeds' mean when it has `winner_spread`, else its test MSE)."""
     from core.baselines import verdict
     from core.significance import DieboldMariano, SeedSpread
 
@@ -100,7 +108,7 @@ def ablation_line(arm: str, result: dict, winner_test_mse: float, winner_spread:
     spread = f" +- {result['test_mse_std']:.4f}" if len(runs) > 1 else ""
     run = result["tested_run"]  # the arm's run on the winner's own seed: the one the test pairs with the winner
     line = (
-        f"ablation {arm} ({ARMS[arm]}): val mse {result['best_val_mse_mean']:.4f}, test mse "
+        f"{what}: val mse {result['best_val_mse_mean']:.4f}, test mse "
         f"{result['test_mse_mean']:.4f}{spread} mae {result['test_mae_mean']:.4f} over {result['test_windows']:,} "
         f"windows, {len(runs)} seed(s); {result['parameters']:,} trainable parameters, "
         f"{result['step_seconds_mean']:.3f}s per step; the winner {verdict(winner_test_mse, run['test_mse'], tested)} "

@@ -105,7 +105,7 @@ def init_ray(address: str | None, storage: Location, verbose: bool = False) -> C
         return Cluster(live_nodes(), [])
     check_address(address)
     if not address or address == "local":
-        _start_local_ray(verbose)
+        start_local_ray(verbose)
         return Cluster(live_nodes(), [])
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray >= 2.59 clusters use token authentication
     ray.init(address=address, log_to_driver=False, logging_level=_ray_log_level(verbose))
@@ -161,7 +161,7 @@ def _token_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(TOKEN_ENABLED)
 
 
-def _start_local_ray(verbose: bool) -> None:
+def start_local_ray(verbose: bool = False) -> None:
     """A private Ray on loopback only: node IP 127.0.0.1, so GCS, raylet and workers bind 127.0.0.1.
 
     `ray.init` maps a 127.0.0.1 node address to the machine's outward IP unless Ray believes the

@@ -51,6 +51,15 @@ def loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = clusters
 
 
+def loopback_environment() -> dict[str, str]:
+    """Environment under which another process's `ray.init(address=...)` joins a loopback-only Ray of this
+    machine (loopback_node) instead of mapping 127.0.0.1 to the machine's outward IP.
+    Public alternative: none (the variable is Ray's switch for macOS/Windows clusters)."""
+    from ray._private import ray_constants
+
+    return {ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}
+
+
 def autoscaler_cluster_config() -> Any:
     """The cluster config the autoscaler reported to the GCS (autoscaler v2, KubeRay), or None.
     Public alternative: none (`ray.autoscaler.sdk` requests resources but does not list node types)."""

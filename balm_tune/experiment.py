@@ -18,6 +18,7 @@ closing lines (balm_tune.closing), the report and bench/ read it back.
       <trial>/result.json Ray's per-trial results              final_seeds/   the winner retrained
                                                                ablations/     its config without the LLM
                                                                ablation_searches/<arm>/  each arm searched
+                                                               official/      the first enqueued config retrained
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ TRIAL_RESULT = "result.json"  # Ray's, in every trial's folder
 LOCK = "driver.lock"
 FINAL_SEEDS = "final_seeds"
 ABLATIONS = "ablations"
+OFFICIAL = "official"  # the space's first enqueued config retrained on the winner's seeds (--official)
 ABLATION_SEARCHES = "ablation_searches"  # <arm>/: a whole experiment per arm (ablations: {search: true})
 TENSORBOARD = "events.out.tfevents"  # the prefix of Ray's TensorBoard event files
 # what `python -m balm_tune.report` needs from a remote experiment: the exported files, then the trials'
@@ -348,6 +350,7 @@ class Summary:
     provenance: dict[str, Any] | None = None
     final_seeds: dict[str, Any] | None = None
     ablations: dict[str, Any] | None = None  # arm -> its runs, means and test against the winner (--ablations)
+    official: dict[str, Any] | None = None  # the first enqueued config's params, runs, means, test (--official)
     wall_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -408,7 +411,11 @@ class Summary:
 
         if not (self.has_winner and self.final_seeds):
             return None
-        return SeedSpread.of([self.test["test_mse"], *(run["test_mse"] for run in self.final_seeds["runs"])])
+        return SeedSpread.of(self.seed_values("test_mse"))
+
+    def seed_values(self, key: str) -> list[float]:
+        """The winner's `test_mse` or `test_mae` on its own seed, then on each --final-seeds seed."""
+        return [self.test[key], *(run[key] for run in (self.final_seeds or {}).get("runs", []))]
 
     def baseline_scores(self) -> dict[str, dict[str, Metrics]]:
         """Each baseline's validation and test scores, in core.baselines' order."""
@@ -421,4 +428,14 @@ class Summary:
         }
 
 
-WINNER_FIELDS = ("winner", "base", "params", "test", "provenance", "final_seeds", "ablations", "wall_seconds")
+WINNER_FIELDS = (
+    "winner",
+    "base",
+    "params",
+    "test",
+    "provenance",
+    "final_seeds",
+    "ablations",
+    "official",
+    "wall_seconds",
+)

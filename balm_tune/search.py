@@ -39,6 +39,11 @@ QUIET_RAY = {"TUNE_WARN_THRESHOLD_S": "60"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return search_parser().parse_args(argv)
+
+
+def search_parser() -> Parser:
+    """The search's flags (balm_tune.campaign passes the ones it does not own to every search)."""
     # one add_argument per flag, in --help's order: long, but a table to read, not logic to follow
     p = Parser(
         prog="python -m balm_tune.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,6 +124,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "winner instead of the winner's config (the space's `ablations: {search: true}`)",
     )
     p.add_argument(
+        "--official",
+        action="store_true",
+        help="also retrain the space's first enqueued config (a preset's official configuration) on the "
+        "winner's seeds, scored beside it on every test window (what balm_tune.campaign's table shows)",
+    )
+    p.add_argument(
+        "--max-concurrent-trials",
+        type=int,
+        metavar="N",
+        help="run at most N trials at once (default: as many as the cluster holds; a share of a shared cluster)",
+    )
+    p.add_argument(
         "--mlflow",
         metavar="URI",
         help="log every trial's params and metrics to MLflow (e.g. sqlite:///mlflow.db or http://host:5000)",
@@ -139,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="validate space, data and backbone availability, print the plan and an estimate of the search's "
         "wall time on this machine (from a few training steps measured here), start nothing",
     )
-    return p.parse_args(argv)
+    return p
 
 
 def _gpus(value: str) -> float | str:
@@ -170,10 +187,10 @@ def print_plan(plan: SearchPlan) -> None:
         print(f"  evaluated first: {len(space.enqueue)} enqueued config(s)")
     if plan.warm_start:
         print(f"  sampler seeded with {len(plan.warm_start.trials)} finished trials of {plan.warm_start.source}")
-    print(
-        f"  per trial: {space.cpus_per_trial} CPU, {'auto' if plan.auto_gpus else space.gpus_per_trial} GPU; "
-        f"GPU budget: {space.gpu_budget.strip()}"
-    )
+    budget = f"; GPU budget: {space.gpu_budget.strip()}" if space.gpu_budget.strip() else ""
+    print(f"  per trial: {space.cpus_per_trial} CPU, {'auto' if plan.auto_gpus else space.gpus_per_trial} GPU{budget}")
+    if plan.official:
+        print("  after the search: the space's first enqueued config retrained on the winner's seeds (--official)")
     if plan.ablations and plan.ablation_search:
         print(f"  after the search: {', '.join(plan.ablations)} each searched with this space and budget (ablations)")
     elif plan.ablations:
@@ -183,6 +200,33 @@ def print_plan(plan: SearchPlan) -> None:
 
 def _strategy(strategy) -> str:
     return strategy.type + "".join(f" {k}={v}" for k, v in strategy.options.items())
+
+
+def search_options(args: argparse.Namespace) -> dict:
+    """prepare_search's keyword arguments from the parsed flags (a ConfigError on a bad --set)."""
+    return dict(
+        name=args.name,
+        storage=args.storage,
+        out=args.out,
+        resume=args.resume,
+        trust_experiment=args.trust_experiment,
+        break_lock=args.break_lock,
+        address=args.address,
+        num_samples=args.num_samples,
+        max_epochs=args.max_epochs,
+        sampler_seed=args.seed,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        enqueue=args.enqueue,
+        warm_start=args.warm_start,
+        mlflow=args.mlflow,
+        wandb=args.wandb,
+        ablations=args.ablations,
+        ablation_search=args.search_ablations,
+        official=args.official,
+        max_concurrent_trials=args.max_concurrent_trials,
+        **parse_set_args(args.set),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,35 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_address(args.address)  # seconds, before the space, data and backbone checks
         check_final_seeds(args.final_seeds)
-        plan = prepare_search(
-            args.space,
-            name=args.name,
-            storage=args.storage,
-            out=args.out,
-            resume=args.resume,
-            trust_experiment=args.trust_experiment,
-            break_lock=args.break_lock,
-            address=args.address,
-            num_samples=args.num_samples,
-            max_epochs=args.max_epochs,
-            sampler_seed=args.seed,
-            cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial,
-            enqueue=args.enqueue,
-            warm_start=args.warm_start,
-            mlflow=args.mlflow,
-            wandb=args.wandb,
-            ablations=args.ablations,
-            ablation_search=args.search_ablations,
-            **parse_set_args(args.set),
-        )
+        plan = prepare_search(args.space, **search_options(args))
         print_plan(plan)
         if args.dry_run:
             concurrent = check_cluster(plan, args.address)
             if args.address in (None, "local"):  # a cluster's steps cannot be measured from here
-                from balm_tune.estimate import measure
+                from balm_tune.estimate import measure, retrains
 
-                print(measure(plan.space, plan.data, concurrent).line())
+                searches = 1 + len(plan.ablations) * plan.ablation_search
+                print(measure(plan.space, plan.data, concurrent, retrains(plan, args.final_seeds), searches).line())
             print(f"dry run: everything checked (the cluster holds {concurrent} trials at once), nothing started")
             return 0
         result = execute(plan, address=args.address, final_seeds=args.final_seeds, verbose=args.verbose)

@@ -62,6 +62,7 @@ SECTIONS = {
     "enqueue": None,
     "resources": {"cpus_per_trial", "gpus_per_trial"},
     "ablations": None,
+    "paper": None,  # pred_len -> {mse, mae}: the paper's published figure (the campaign's table shows it)
 }
 # keys that change the data, the prompts or the backbone shared by every trial: one search each
 NOT_SEARCHABLE = {
@@ -151,6 +152,7 @@ class SearchSpace:
     horizons: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     ablations: list[str] = dataclasses.field(default_factory=list)  # core.config.ABLATIONS arms (--ablations)
     ablation_search: bool = False  # each arm searched (this space, its keys that apply; this budget), not retrained
+    paper: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)  # pred_len -> published mse, mae
 
     def trial_config(self, params: dict[str, Any]) -> BalmConfig:
         """The full core config of a trial: base + its sampled params, trained for max_epochs."""
@@ -204,6 +206,7 @@ class SearchSpace:
             "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
             "seed": self.seed,
             "ablations": {"arms": self.ablations, "search": True} if self.ablation_search else self.ablations,
+            "paper": self.paper,
         }
 
     def for_arm(self, arm: str) -> SearchSpace:
@@ -383,6 +386,7 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> SearchSpace:
         gpu_budget=raw.get("gpu_budget", ""),
         horizons=horizons,
         **_ablations(path, raw.get("ablations") or []),
+        paper=_paper(path, raw.get("paper") or {}),
     )
     if horizons:
         return space.with_base_overrides({})
@@ -412,6 +416,21 @@ def _ablations(path: Path, raw: Any) -> dict[str, Any]:
     if not isinstance(search, bool):
         raise SpaceError(f"{where}.search: got {shown(search)}, expected true or false")
     return {"ablations": check_ablations(raw.get("arms") or [], f"{where}.arms"), "ablation_search": search}
+
+
+def _paper(path: Path, raw: Any) -> dict[int, dict[str, float]]:
+    """The `paper` section: pred_len -> {mse: x, mae: y}, the published test figures (either may be left out)."""
+    if not isinstance(raw, dict):
+        raise _fail(path, "paper", "expected a mapping of pred_len to {mse: ..., mae: ...}")
+    for pred_len, figures in raw.items():
+        where = f"paper.{pred_len}"
+        if not isinstance(pred_len, int) or isinstance(pred_len, bool) or pred_len < 1:
+            raise _fail(path, where, f"expected an integer pred_len >= 1, got {shown(pred_len)}")
+        if not isinstance(figures, dict) or not figures or set(figures) - {"mse", "mae"}:
+            raise _fail(path, where, f"got {shown(figures)}, expected a mapping with mse and/or mae")
+        for key, value in figures.items():
+            _number(path, f"{where}.{key}", value, 0.0)
+    return {h: {k: float(v) for k, v in figures.items()} for h, figures in raw.items()}
 
 
 def _horizons(path: Path, raw: Any, base: BalmConfig) -> dict[int, dict[str, Any]]:

@@ -2,6 +2,7 @@
 versions: a Ray or Optuna upgrade that moves one fails here, naming it, not somewhere in a search."""
 
 import importlib
+import os
 
 import optuna
 import pytest
@@ -29,6 +30,16 @@ def test_rays_internals_answer_as_balm_tune_reads_them():
         assert ray_constants.ENABLE_RAY_CLUSTER is False
     assert compat.bootstrap_address("127.0.0.1:6379").endswith(":6379")  # HOST:PORT, the host as Ray resolves it
     assert compat.autoscaler_cluster_config() is None  # no Ray connected
+
+
+def test_under_the_loopback_environment_another_process_keeps_a_127_address():
+    import subprocess
+    import sys
+
+    code = "from balm_tune.compat import bootstrap_address; print(bootstrap_address('127.0.0.1:6379'))"
+    env = {**os.environ, **compat.loopback_environment()}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "127.0.0.1:6379"  # joins a loopback-only Ray (balm_tune.campaign --concurrent)
 
 
 def test_an_optuna_trial_has_the_storage_id_its_handle_takes():

@@ -24,3 +24,15 @@ def test_the_estimate_comes_from_a_step_measured_here(tmp_path):
     assert 0 < low < high
     line = estimate.line()
     assert line.startswith("estimate: ") and "from a measured step" in line and "6 trials x 1.8 to 3 epochs" in line
+
+
+def test_the_retrainings_after_the_search_are_counted_in_the_estimate(tmp_path):
+    from balm_tune.api import prepare_search
+    from balm_tune.estimate import retrains
+
+    path = write_tiny_space(tmp_path, enqueue=[{"prompt_len": 4}])
+    plan = prepare_search(path, storage=tmp_path / "runs", official=True, ablations=["no_llm", "llm2attn"])
+    assert retrains(plan, final_seeds=2) == 2 + 3 + 2 * 3  # final seeds; official and each arm on 3 seeds
+    space = load_space(path)
+    bare, retrained = measure(space, load_data(space.base), 2), measure(space, load_data(space.base), 2, 11)
+    assert retrained.seconds(3) > bare.seconds(3) and "then 11 retraining(s) of 3 epochs" in retrained.line()

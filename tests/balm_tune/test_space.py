@@ -57,6 +57,10 @@ def test_default_space_is_the_cpu_quick_start():
         ({"ablations": {"arms": ["no_llm"], "serch": True}}, "'ablations': unknown key 'serch', expected arms and"),
         ({"ablations": {"arms": ["no_llm"], "search": "yes"}}, "'ablations'.search: got 'yes', expected true or"),
         ({"ablations": {"arms": ["nollm"], "search": True}}, "'ablations'.arms: got 'nollm', expected some of"),
+        ({"paper": {96: {"mse": 0.36, "rmse": 0.6}}}, "'paper.96': got {'mse': 0.36, 'rmse': 0.6}, expected a mapping"),
+        ({"paper": {96: {"mse": "0.36"}}}, "'paper.96.mse': got '0.36', expected a number >= 0.0"),
+        ({"paper": {"H96": {"mse": 0.36}}}, "'paper.H96': expected an integer pred_len >= 1"),
+        ({"paper": [0.36, 0.39]}, "'paper': expected a mapping of pred_len to {mse: ..., mae: ...}"),
     ],
 )
 def test_bad_spaces_name_the_file_and_key(write_space, sections, message):
@@ -118,6 +122,8 @@ def test_dry_run_checks_everything_and_starts_nothing(write_space, tmp_path, cap
         (["--storage", "{tmp}/file.txt/runs"], {}, "--storage {tmp}/file.txt/runs: {tmp}/file.txt is not a folder"),
         (["--final-seeds", "-1"], {}, "--final-seeds: got -1, expected an integer >= 0"),
         (["--resume"], {}, "--resume needs --name"),
+        (["--official"], {"enqueue": []}, "--official: search space {space} enqueues no config to retrain"),
+        (["--max-concurrent-trials", "0"], {}, "--max-concurrent-trials: got 0, expected an integer >= 1"),
         (["--set", "d_ff=64"], {}, "config key 'd_ff': got 64, expected <= the width 32 of backbone 'tiny-gpt2'"),
         (
             [],
@@ -160,7 +166,7 @@ def test_bad_search_input_is_one_line_before_anything_starts(
     path = write_space(**sections)
     assert search_main(["--space", str(path), *storage, *args, *(["--dry-run"] if dry_run else [])]) == 2
     err = capsys.readouterr().err
-    assert message.replace("{tmp}", str(files)) in err and err.count("\n") == 1
+    assert message.replace("{tmp}", str(files)).replace("{space}", str(path)) in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists() and not (tmp_path / "a").exists()
     assert sorted(p.name for p in files.iterdir()) == ["file.txt", "inf.csv"]
 
@@ -188,6 +194,16 @@ def test_exponent_numbers_in_set_reach_the_search(write_space, tmp_path, capsys)
     path = write_space()
     assert search_main(["--space", str(path), "--storage", str(tmp_path), "--dry-run", "--set", "dropout=1e-1"]) == 0
     assert "dry run" in capsys.readouterr().out
+
+
+def test_the_papers_published_figures_ride_with_the_presets_that_record_them():
+    assert load_space(SPACES[0].parent / "paper_etth1.yaml").paper[96] == {
+        "mse": 0.365,
+        "mae": 0.392,
+    }  # DESIGN.md, Table 1
+    assert load_space(SPACES[0].parent / "paper_etth2.yaml").paper == {96: {"mse": 0.267, "mae": 0.335}}
+    assert sorted(load_space(SPACES[0].parent / "paper_exchange.yaml").paper) == [96, 192, 336, 720]
+    assert load_space(SPACES[0].parent / "default.yaml").paper == {}
 
 
 def test_a_paper_preset_switches_to_the_official_values_of_the_chosen_horizon():
