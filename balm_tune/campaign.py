@@ -2,7 +2,7 @@
 
     python -m balm_tune.campaign --space search_spaces/paper_etth1.yaml --space search_spaces/paper_etth2.yaml \\
         --horizons 96 192 336 720 --final-seeds 3 --address auto --name table1
-    python -m balm_tune.campaign --name table1 --resume      # after a crash, Ctrl-C, SIGTERM or a lost node
+    python -m balm_tune.campaign --name table1 --resume      # after a crash, Ctrl-C or SIGTERM
     python -m balm_tune.campaign --space ... --dry-run       # check every cell, print the plan and its cost
 
 Each cell (space, horizon) is a `python -m balm_tune.search` with the space's values for that horizon

@@ -65,10 +65,10 @@ def _digest(key: bytes, relative: str, data: bytes) -> str:
     return hmac.new(key, relative.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
 
-def digests(folder: Location) -> dict[str, str]:
-    """This user's HMAC of each pickled file of `folder`, by relative path."""
+def digests(folder: Location, only: list[str] | None = None) -> dict[str, str]:
+    """This user's HMAC of each pickled file of `folder` (or of those relative paths `only`), by relative path."""
     key, found = secret_key(), {}
-    for relative in pickled_files(folder):
+    for relative in pickled_files(folder) if only is None else only:
         try:
             found[relative] = _digest(key, relative, folder.child(relative).read_bytes())
         except FileNotFoundError:  # Ray deleted an old checkpoint meanwhile
@@ -130,7 +130,7 @@ class Sealer(tune.Callback):
     that instant leaves a file that --resume refuses unless --trust-experiment is given.)"""
 
     def __init__(self):
-        self.trials, self.stamps, self.uploaded, self.signed = [], None, {}, {}
+        self.trials, self.stamps, self.uploaded, self.signed = [], {}, {}, {}
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         self.trials = trials  # the controller's own list: trials it adds later in this step are in it
@@ -144,8 +144,9 @@ class Sealer(tune.Callback):
         self.refresh()
 
     def refresh(self) -> None:
-        """Sign the staging folder's files (local: read every time) and the experiment's (read again
-        only when its listing changed), and rewrite integrity.json if a digest is new."""
+        """Sign the staging folder's files (local: read every time) and the experiment's (each read again
+        only when its size or time in the listing changed: on S3 one GET per new or rewritten file, not
+        one per file of every trial), and rewrite integrity.json if a digest is new."""
         if not self.trials:
             return  # nothing to restore yet
         path, fs, staging_path = staging_folder(self.trials[0])  # the trials' ray.train storage context
@@ -153,23 +154,25 @@ class Sealer(tune.Callback):
         folder = Location(path, fs, path)
         staged = digests(Location(staging_path, pafs.LocalFileSystem(), staging_path))
         stamps = _stamp(folder)
-        if stamps != self.stamps:
-            self.uploaded, self.stamps = digests(folder), stamps
+        changed = [relative for relative, stamp in stamps.items() if self.stamps.get(relative) != stamp]
+        if changed or len(stamps) != len(self.stamps):
+            kept = {relative: d for relative, d in self.uploaded.items() if relative in stamps}
+            self.uploaded, self.stamps = {**kept, **digests(folder, changed)}, stamps
         files = signed_with(self.signed, self.uploaded, staged)
         if files != self.signed:
             write_digests(folder, files)
             self.signed = files
 
     def __getstate__(self) -> dict:  # pickled into tuner.pkl: nothing of this run travels
-        return {"trials": [], "stamps": None, "uploaded": {}, "signed": {}}
+        return {"trials": [], "stamps": {}, "uploaded": {}, "signed": {}}
 
 
-def _stamp(folder: Location) -> list[tuple]:
-    """(path, mtime, size) of the pickled files below `folder`: what changes when Ray rewrites one."""
+def _stamp(folder: Location) -> dict[str, tuple]:
+    """Relative path -> (mtime, size) of the pickled files below `folder`: what changes when Ray rewrites one."""
     root = folder.path.rstrip("/")
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    return sorted(
-        (info.path, info.mtime_ns, info.size)
+    return {
+        info.path[len(root) + 1 :]: (info.mtime_ns, info.size)
         for info in folder.fs.get_file_info(selector)
         if info.type == pafs.FileType.File and PICKLED.search(info.path[len(root) + 1 :])
-    )
+    }

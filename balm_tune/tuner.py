@@ -63,11 +63,13 @@ def build_tuner(
     verbose: int | None = None,
     progress_reporter=None,
     resume: bool = False,
+    trainable=None,
 ):
     """A `tune.Tuner` over the BALM trainable writing to `folder`, a path or URI (or the interrupted one
     restored from it):
     the trials' resources, checkpoints, failure policy, actor reuse and loggers (result.json, progress.csv,
-    TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them."""
+    TensorBoard; balm_tune.callbacks.loggers) are the same for every caller; `callbacks` come after them.
+    `trainable`: another in train_balm's place (bench/scale.py's, which reports alike without a model)."""
     from ray import tune
 
     from balm_tune.callbacks import loggers
@@ -76,7 +78,7 @@ def build_tuner(
         os.environ.setdefault(key, value)
     if progress_reporter is not None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune honours a custom reporter only in this engine
-    trainable = trial_trainable(shared)
+    trainable = trainable or trial_trainable(shared)
     if resume:
         return tune.Tuner.restore(folder.uri, trainable=trainable, resume_errored=True)
     return tune.Tuner(
@@ -116,10 +118,12 @@ def make_tuner(
     extra_callbacks: Sequence = (),
     verbose: bool = False,
     trust_experiment: bool = False,
+    trainable=None,
 ):
     """The search's Tuner at `experiment` (a path or URI): the space's searcher (an Optuna sampler inside
     `StudySearch`; the study in the local file `journal`, named after the experiment) and scheduler, with
-    its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers.
+    its callbacks; `extra_callbacks` (experiment trackers, balm_tune.trackers) are added to its loggers;
+    `trainable`: build_tuner's.
     The console shows balm_tune.console.SearchTable and one line per ended trial; `verbose`: Ray's own output.
     With `resume`, the interrupted Tuner restored from `experiment` after its pickles are verified
     (balm_tune.integrity); a folder Tune never saved its state to starts afresh."""
@@ -170,6 +174,7 @@ def make_tuner(
         progress_reporter=None
         if verbose
         else SearchTable(list(space.search), space.max_epochs, space.base.patience, space.scheduler.type),
+        trainable=trainable,
     )
 
 

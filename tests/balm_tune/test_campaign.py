@@ -62,7 +62,7 @@ def campaign(tmp_path_factory):
     return experiment, (first.returncode, stopped, states), resumed, again
 
 
-def test_a_campaign_stopped_between_cells_exits_130_and_resume_runs_only_the_unfinished_cell(campaign):
+def test_a_campaign_stopped_during_its_second_cell_exits_130_and_resume_continues_only_that_cell(campaign):
     experiment, (code, out, states), resumed, _ = campaign
     assert code == 130, out[-3000:]
     assert states == ["done", "interrupted"], out[-3000:]
